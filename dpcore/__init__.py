@@ -1,0 +1,1 @@
+"""dpcore: the Distilled Pruning library (no UI imports)."""

@@ -1,0 +1,54 @@
+"""The in-memory dataset: each split is one tensor that lives on the run's device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test splits as whole tensors.
+
+    ``x_*`` are uint8 [N, C, H, W] images (normalised per batch by :meth:`prepare`), or float32
+    already in model-input space when a whitening (ZCA) was applied at load time.
+    """
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...] = ()
+    augment: str = "none"  # "crop_flip" for CIFAR-like data, "none" otherwise
+    whitened: bool = False  # True when x_* are float32 in ZCA space
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        return replace(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+        )
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Turn a batch of stored images into float32 model input (on the batch's device)."""
+        if x.dtype != torch.uint8:
+            return x.float()
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x.float().div_(255.0) - mean) / std

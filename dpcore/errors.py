@@ -1,0 +1,20 @@
+"""User-facing errors: each carries one line saying what is wrong, where, and how to fix it.
+
+The CLI prints ``str(err)`` and exits with code 2; nothing else ever needs a traceback.
+"""
+
+
+class DPError(Exception):
+    """Base class for errors caused by the user's input (config, data, files)."""
+
+
+class ConfigError(DPError):
+    """A profile or override is invalid."""
+
+
+class DataError(DPError):
+    """A dataset or synthetic set cannot be read or does not match."""
+
+
+class DataWarning(UserWarning):
+    """Something about the data is unusual but usable (e.g. a checksum mismatch)."""

@@ -1,0 +1,1 @@
+"""dptui: the terminal app and CLI for dpcore."""
