@@ -1,0 +1,273 @@
+"""Typed experiment configuration, validated from plain dicts (parsed TOML + ``--set`` overrides).
+
+Every problem is reported as one :class:`ConfigError` line naming where it came from, the key and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+Check = Callable[[Any], str | None]  # returns an error text ("must be > 0") or None
+
+
+def spec(default: Any = MISSING, *, kind: type | tuple = object, check: Check | None = None,
+         default_factory: Any = MISSING, help: str = "") -> Any:
+    meta = {"kind": kind, "check": check, "help": help}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def positive(x: Any) -> str | None:
+    return None if x > 0 else "must be > 0"
+
+
+def at_least(lo: float) -> Check:
+    return lambda x: None if x >= lo else f"must be >= {lo}"
+
+
+def open_unit(x: Any) -> str | None:
+    return None if 0 < x < 1 else "must be between 0 and 1 (exclusive)"
+
+
+def unit_left_closed(x: Any) -> str | None:
+    return None if 0 <= x < 1 else "must be in [0, 1)"
+
+
+def one_of(*allowed: str) -> Check:
+    return lambda x: None if x in allowed else "must be one of " + ", ".join(repr(a) for a in allowed)
+
+
+def subset_of(*allowed: str) -> Check:
+    def check(xs: list) -> str | None:
+        bad = [x for x in xs if x not in allowed]
+        if bad or not xs:
+            return "must be a non-empty list of " + ", ".join(repr(a) for a in allowed)
+        if len(set(xs)) != len(xs):
+            return "must not repeat a method"
+        return None
+    return check
+
+
+def ints_at_least(lo: int) -> Check:
+    def check(xs: list) -> str | None:
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= lo for x in xs):
+            return f"must be a list of integers >= {lo}"
+        return None
+    return check
+
+
+def non_empty_ints(xs: list) -> str | None:
+    if not xs:
+        return "must list at least one seed"
+    if len(set(xs)) != len(xs):
+        return "must not repeat a seed"
+    return ints_at_least(0)(xs)
+
+
+def device_name(x: str) -> str | None:
+    if x in ("auto", "cpu", "cuda") or (x.startswith("cuda:") and x[5:].isdigit()):
+        return None
+    return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+METHODS = ("imp", "distilled", "random")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = spec("experiment", kind=str, help="a short name shown in tables and exports")
+    description: str = spec("", kind=str)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = spec("mnist-embedded", kind=str, help="mnist-embedded, mnist, fashion-mnist, cifar10, cifar100, imagefolder, npz")
+    root: str = spec("", kind=str, help="data root (overridden by --data-root); '' means ./data")
+    path: str = spec("", kind=str, help="file or folder for imagefolder / npz datasets")
+    zca: bool = spec(False, kind=bool, help="ZCA-whiten images as MTT does (kornia eps 0.1)")
+    augment: bool = spec(True, kind=bool, help="random crop + flip on real training data for CIFAR-like sets")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = spec("lenet-300-100", kind=str)
+    options: dict = spec(default_factory=dict, kind=dict, help="model options, e.g. width, depth, norm")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training on real data (IMP's inner loop, the dense baseline and every validation)."""
+
+    optimizer: str = spec("adam", kind=str, check=one_of("sgd", "adam"))
+    lr: float = spec(1.2e-3, kind=float, check=positive)
+    batch_size: int = spec(128, kind=int, check=at_least(1))
+    epochs: int = spec(10, kind=int, check=at_least(1))
+    momentum: float = spec(0.9, kind=float, check=unit_left_closed)
+    weight_decay: float = spec(0.0, kind=float, check=at_least(0))
+    milestones: list = spec(default_factory=list, kind=list, check=ints_at_least(1))
+    gamma: float = spec(0.1, kind=float, check=lambda x: None if 0 < x <= 1 else "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The distilled method's inner loop: where the synthetic set comes from and how to train on it."""
+
+    method: str = spec("dm", kind=str, help="distiller used when path is empty")
+    path: str = spec("", kind=str, help="an MTT folder (images_best.pt + labels_best.pt) or a .pt/.npz file")
+    ipc: int = spec(10, kind=int, check=at_least(1))
+    seed: int = spec(0, kind=int, check=at_least(0), help="distillation seed (one set per dataset, shared by all run seeds)")
+    params: dict = spec(default_factory=dict, kind=dict, help="distiller hyperparameters")
+    epochs: int = spec(300, kind=int, check=at_least(1))
+    lr: float = spec(0.01, kind=float, check=positive)
+    use_learned_lr: bool = spec(True, kind=bool, help="use the set's learned lr when it has one")
+    batch_size: int = spec(256, kind=int, check=at_least(1))
+    momentum: float = spec(0.9, kind=float, check=unit_left_closed)
+    weight_decay: float = spec(5e-4, kind=float, check=at_least(0))
+    dsa: bool = spec(True, kind=bool, help="DSA augmentation on every synthetic batch")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    methods: list = spec(default_factory=lambda: list(METHODS), kind=list, check=subset_of(*METHODS))
+    rounds: int = spec(10, kind=int, check=at_least(1))
+    fraction: float = spec(0.2, kind=float, check=open_unit)
+    output_fraction: float = spec(-1.0, kind=float, check=lambda x: None if x == -1 or 0 <= x < 1 else "must be in [0, 1), or -1 for the same as fraction")
+    scope: str = spec("global", kind=str, check=one_of("global", "layer"))
+    rewind: int = spec(0, kind=int, check=at_least(0), help="rewind point k (0 = initialisation)")
+    rewind_unit: str = spec("epoch", kind=str, check=one_of("epoch", "step"))
+    validate: str = spec("every", kind=str, check=one_of("every", "final", "none"),
+                         help="train each round's mask on real data and test it (Figure 1)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seeds: list = spec(default_factory=lambda: [0], kind=list, check=non_empty_ints)
+    device: str = spec("auto", kind=str, check=device_name)
+    eval_batch_size: int = spec(2048, kind=int, check=at_least(1))
+
+
+@dataclass(frozen=True)
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# Sections whose unknown keys are collected into an ``options``/``params`` dict instead of rejected.
+_OPEN_SECTIONS = {"model": "options"}
+
+
+def _type_name(kind: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "a list", dict: "a table"}.get(kind, str(kind))
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    """Return ``value`` as ``kind`` or raise TypeError. Ints are accepted where floats are."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        raise TypeError
+    if kind is int and isinstance(value, bool):
+        raise TypeError
+    if not isinstance(value, kind):
+        raise TypeError
+    return value
+
+
+def _build(cls: type, raw: dict, where: str, section: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    extra_key = _OPEN_SECTIONS.get(section)
+    extras: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{section}.{key}"
+        if key not in known or (extra_key and key == extra_key):
+            if extra_key:
+                extras[key] = value
+                continue
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{section}.{near[0]}'?)" if near else ""
+            raise ConfigError(f"{where}: unknown key '{dotted}'{hint}; allowed: {', '.join(sorted(known))}")
+        f = known[key]
+        kind, check = f.metadata["kind"], f.metadata["check"]
+        try:
+            value = _coerce(value, kind)
+        except TypeError:
+            raise ConfigError(f"{where}: '{dotted}' = {value!r} must be {_type_name(kind)}") from None
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{where}: '{dotted}' = {value!r} {problem}")
+        kwargs[key] = value
+    if extra_key:
+        kwargs[extra_key] = {**kwargs.get(extra_key, {}), **extras}
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict, where: str = "config") -> Config:
+    """Validate a nested dict (TOML layout) into a :class:`Config`."""
+    sections = {f.name: f for f in fields(Config)}
+    built: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in sections:
+            near = difflib.get_close_matches(name, sections, n=1)
+            hint = f" (did you mean '[{near[0]}]'?)" if near else ""
+            raise ConfigError(f"{where}: unknown section '[{name}]'{hint}; allowed: {', '.join(sections)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{name}' must be a table ([{name}])")
+        built[name] = _build(type(sections[name].default_factory()), value, where, name)  # type: ignore[misc]
+    cfg = Config(**built)
+    _check_cross(cfg, where)
+    return cfg
+
+
+def _check_cross(cfg: Config, where: str) -> None:
+    from .models import model_options
+
+    try:
+        allowed = model_options(cfg.model.name)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: 'model.name': {err}") from None
+    for key in cfg.model.options:
+        if key not in allowed:
+            opts = ", ".join(sorted(allowed)) or "none"
+            raise ConfigError(f"{where}: unknown key 'model.{key}' for model '{cfg.model.name}'; allowed: {opts}")
+    if cfg.data.dataset in ("imagefolder", "npz") and not cfg.data.path:
+        raise ConfigError(f"{where}: 'data.path' must name the {cfg.data.dataset} location for dataset '{cfg.data.dataset}'")
+    if any(m >= 10**6 for m in cfg.train.milestones):
+        raise ConfigError(f"{where}: 'train.milestones' are epochs and look too large")
+
+
+def to_dict(obj: Any) -> Any:
+    """A config (or part) as plain nested dicts/lists, the inverse of :func:`config_from_dict`."""
+    if is_dataclass(obj):
+        out = {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+        if isinstance(obj, ModelConfig):
+            out = {"name": obj.name, **obj.options}
+        return out
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def describe_keys() -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, help) for every setting: used by --help and the Launch form."""
+    rows = []
+    for section in fields(Config):
+        for f in fields(section.default_factory()):  # type: ignore[misc]
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            rows.append((f"{section.name}.{f.name}", _type_name(f.metadata["kind"]), default, f.metadata["help"]))
+    return rows

@@ -1,0 +1,99 @@
+"""``dptui --headless``: run an experiment as a batch job with a live Rich display, then print tables."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dpcore.config import Config
+from dpcore.engine import plan_runs, resolve_device, run_experiment
+from dpcore.events import (DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted, RunDone,
+                           RunFailed, RunStarted, StageStarted)
+from dpcore.store import config_hash
+from dpcore.summary import experiment_tables
+
+from .export import to_rich, write_exports
+
+
+class LiveDisplay:
+    """Renders engine events: a runs bar, the current run's round/sparsity line, an epoch bar with ETA."""
+
+    def __init__(self, console: Console, total_runs: int):
+        self.console = console
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 console=console, transient=True)
+        self.runs_task = self.progress.add_task("runs", total=total_runs)
+        self.epoch_task = self.progress.add_task("", total=1, visible=False)
+        self.label = ""
+        self.round = ""
+
+    def __call__(self, ev: Event) -> None:
+        p, log = self.progress, self.console.print
+        if isinstance(ev, RunStarted):
+            self.label = f"{ev.method} seed {ev.seed}"
+            resumed = f", resuming after round {ev.resumed_after}" if ev.resumed_after else ""
+            log(f"[bold]{self.label}[/] {ev.dataset} / {ev.model} on {ev.device} ({ev.rounds} rounds{resumed}) "
+                f"[dim]{ev.run_id}[/]")
+        elif isinstance(ev, RoundStarted):
+            self.round = f"round {ev.round}/{ev.rounds} → {100 * ev.target_sparsity:.1f}%"
+        elif isinstance(ev, StageStarted):
+            where = "" if ev.stage in ("dense", "distill") else f" {self.round}"
+            p.update(self.epoch_task, description=f"{self.label}{where} · {ev.stage}", completed=0, total=1,
+                     visible=ev.stage != "prune")
+            p.reset(self.epoch_task)
+        elif isinstance(ev, EpochProgress):
+            p.update(self.epoch_task, completed=ev.epoch, total=ev.epochs)
+        elif isinstance(ev, DenseDone):
+            log(f"  dense: test acc {100 * ev.test_acc:.2f}%, train {ev.train_s:.1f}s" + (" (cached)" if ev.cached else ""))
+        elif isinstance(ev, DistillDone):
+            t = f"{ev.distill_s:.1f}s" if ev.distill_s is not None else "n/a"
+            log(f"  synthetic set: {ev.source}, {ev.images} images, time-to-distill {t}" + (" (cached)" if ev.cached else ""))
+        elif isinstance(ev, RoundDone):
+            r = ev.row
+            val = f"val {100 * r['val_acc']:.2f}%" if r["val_acc"] is not None else "not validated"
+            log(f"  round {r['round']:>2}: sparsity {100 * r['sparsity']:.1f}%, inner {r['inner_train_s']:.1f}s, "
+                f"{val}, time-to-mask {r['time_to_mask_s']:.1f}s")
+        elif isinstance(ev, RunDone):
+            p.advance(self.runs_task)
+            if ev.status != "done":
+                log(f"  [yellow]{ev.status}[/] after {ev.rounds_done} rounds")
+        elif isinstance(ev, RunFailed):
+            p.advance(self.runs_task)
+            log(f"  [red]failed:[/] {ev.error}")
+
+
+def run_headless(cfg: Config, runs_dir: Path, data_root: str | None, out_dir: Path | None,
+                 console: Console) -> int:
+    """Returns the exit code: 0 all runs done, 1 a run failed, 130 stopped by Ctrl-C."""
+    device = resolve_device(cfg.run.device)
+    plans = plan_runs(cfg, device)
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):  # first Ctrl-C stops after the current step; second one aborts
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        console.log("[yellow]stopping after the current step (Ctrl-C again to abort)[/]")
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    display = LiveDisplay(console, len(plans))
+    try:
+        with display.progress:
+            results = run_experiment(cfg, runs_dir, data_root=data_root, sink=display, should_stop=stop.is_set)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    tables = experiment_tables(results)
+    for table in tables:
+        console.print(to_rich(table))
+    exp_id = config_hash(sorted(p.run_id for p in plans))[:8]
+    out = out_dir or Path(runs_dir) / "experiments" / f"{cfg.experiment.name}-{exp_id}"
+    written = write_exports(tables, out, f"{cfg.experiment.name}: {', '.join(cfg.prune.methods)}")
+    console.print(f"exports: {out}/ ({', '.join(p.name for p in written)})")
+    if stop.is_set():
+        return 130
+    return 1 if any(r.get("status") == "failed" for r in results) else 0

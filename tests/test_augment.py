@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from dpcore.augment import DSA, crop_flip
+from dpcore.errors import ConfigError
+
+
+def batch(n=8, c=3, s=16, seed=0):
+    return torch.randn(n, c, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def test_crop_flip_shape_and_reproducible():
+    x = batch()
+    a = crop_flip(x, generator=torch.Generator().manual_seed(1))
+    b = crop_flip(x, generator=torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, crop_flip(x, generator=torch.Generator().manual_seed(2)))
+
+
+def test_crop_flip_pad0_is_identity_or_flip():
+    x = batch(n=32)
+    y = crop_flip(x, pad=0, generator=torch.Generator().manual_seed(3))
+    same = (y == x).flatten(1).all(1)
+    flipped = (y == x.flip(-1)).flatten(1).all(1)
+    assert bool((same | flipped).all()) and same.any() and flipped.any()
+
+
+def test_crop_flip_is_a_shifted_window():
+    x = torch.arange(16.0).view(1, 1, 4, 4) + 1
+    y = crop_flip(x.expand(64, 1, 4, 4), pad=1, generator=torch.Generator().manual_seed(0))
+    nonzero = y[y != 0]
+    assert set(nonzero.tolist()) <= set(x.flatten().tolist())
+    assert (y == 0).any()  # some crops show the zero padding
+
+
+@pytest.mark.parametrize("batchwise", [True, False])
+def test_dsa_same_seed_same_output_and_siamese_prefix(batchwise):
+    dsa = DSA(batchwise=batchwise)
+    x = batch()
+    for seed in range(12):
+        a = dsa(x, seed)
+        assert a.shape == x.shape
+        torch.testing.assert_close(a, dsa(x, seed))
+        torch.testing.assert_close(dsa(x[:3], seed), a[:3])
+
+
+def test_dsa_batchwise_applies_one_transform_to_all_samples():
+    x = batch(n=1).expand(4, -1, -1, -1)
+    for seed in range(12):
+        y = DSA(batchwise=True)(x, seed)
+        torch.testing.assert_close(y, y[:1].expand_as(y))
+
+
+@pytest.mark.parametrize("op", DSA.OPS)
+def test_dsa_each_op_differentiable(op):
+    x = batch(n=4, s=12).requires_grad_(True)
+    dsa = DSA(op, batchwise=False)
+    seed = next(s for s in range(50) if not torch.equal(dsa(x, s), x))  # flip may be a no-op
+    y = dsa(x, seed)
+    assert y.shape == x.shape
+    (y * torch.randn_like(y)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_dsa_covers_all_ops_and_validates():
+    dsa = DSA()
+    x = batch(n=2, s=8)
+    outputs = {tuple(dsa(x, s).flatten().tolist()) for s in range(40)}
+    assert len(outputs) > 6
+    assert DSA("none")(x, 0) is x
+    with pytest.raises(ConfigError, match="allowed"):
+        DSA("color_blur")
