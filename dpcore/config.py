@@ -93,6 +93,7 @@ class DataConfig:
     path: str = spec("", kind=str, help="file or folder for imagefolder / npz datasets")
     zca: bool = spec(False, kind=bool, help="ZCA-whiten images as MTT does (kornia eps 0.1)")
     augment: bool = spec(True, kind=bool, help="random crop + flip on real training data for CIFAR-like sets")
+    subset: int = spec(0, kind=int, check=at_least(0), help="train on this many images per class (0 = all)")
 
 
 @dataclass(frozen=True)

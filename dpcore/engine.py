@@ -86,6 +86,8 @@ def plan_runs(cfg: Config, device: torch.device) -> list[RunPlan]:
 def load_data(cfg: Config, data_root: str | Path | None, device: torch.device) -> Dataset:
     root = data_root or cfg.data.root or "data"
     ds = load_dataset(cfg.data.dataset, root, path=cfg.data.path or None, zca=cfg.data.zca)
+    if cfg.data.subset:
+        ds = ds.subset(cfg.data.subset, seed=0)
     return ds.to(device)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar
 
 SCHEMA_VERSION = 1
@@ -108,7 +108,7 @@ Sink = Callable[[Event], None]
 def event_from_dict(data: dict[str, Any]) -> Event:
     """Rebuild a typed event from its JSON object (unknown fields from newer versions are ignored)."""
     cls = EVENT_TYPES[data["kind"]]
-    names = set(cls.__dataclass_fields__)
+    names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 
 

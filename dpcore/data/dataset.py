@@ -45,6 +45,17 @@ class Dataset:
             y_test=self.y_test.to(device),
         )
 
+    def subset(self, per_class: int, seed: int = 0) -> "Dataset":
+        """A class-balanced random subset of the training split (the test split is kept whole)."""
+        gen = torch.Generator().manual_seed(seed)
+        labels = self.y_train.cpu()
+        picks = []
+        for c in range(self.num_classes):
+            idx = torch.nonzero(labels == c).flatten()
+            picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+        keep = torch.cat(picks).sort().values.to(self.x_train.device)
+        return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep])
+
     def prepare(self, x: Tensor) -> Tensor:
         """Turn a batch of stored images into float32 model input (on the batch's device)."""
         if x.dtype != torch.uint8:

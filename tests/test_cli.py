@@ -1,0 +1,111 @@
+"""The CLI as a user runs it: a real subprocess, exit codes, tables, exports, kill and resume."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dpcore.safe_load import safe_torch_load
+
+
+def dptui(*args, cwd=None, timeout=300):
+    env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1"}
+    env.pop("DPTUI_RUNS_DIR", None)
+    return subprocess.run([sys.executable, "-m", "dptui", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
+
+
+def test_headless_end_to_end_prints_and_exports_tables(tmp_path, tiny_profile):
+    runs = tmp_path / "runs"
+    proc = dptui("--headless", "--profile", str(tiny_profile), "--runs-dir", str(runs))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "Rounds" in out and "Speed-up of distilled over imp" in out
+    assert "time-to-distill" in out
+    exports = list((runs / "experiments").iterdir())
+    assert len(exports) == 1
+    folder = exports[0]
+    for name in ("rounds.csv", "speedup.csv", "summary.json", "summary.md", "summary.html"):
+        assert (folder / name).stat().st_size > 0
+    rows = list(csv.DictReader((folder / "rounds.csv").open()))
+    assert [r["method"] for r in rows] == ["dense"] + ["imp"] * 3 + ["distilled"] * 3 + ["random"] * 3
+    table = json.loads((folder / "summary.json").read_text())[0]
+    # Every export carries the same numbers: CSV value == JSON value == the Markdown cell.
+    imp3 = next(r for r in table["rows"] if r["method"] == "imp" and r["round"] == 3)
+    csv3 = next(r for r in rows if r["method"] == "imp" and r["round"] == "3")
+    assert float(csv3["val_acc_mean"]) == imp3["val_acc"]["mean"]
+    cell = f"{100 * imp3['val_acc']['mean']:.2f}"
+    assert cell in (folder / "summary.md").read_text() and cell in (folder / "summary.html").read_text()
+
+    listing = dptui("runs", "--runs-dir", str(runs))
+    assert listing.returncode == 0
+    assert listing.stdout.count("done") == 3 and "tiny" in listing.stdout
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_profile):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepochs = -1\n")
+    proc = dptui("--headless", "--profile", str(bad), "--runs-dir", str(tmp_path / "runs"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "bad.toml" in proc.stderr and "'train.epochs' = -1 must be >= 1" in proc.stderr
+
+    proc = dptui("--headless", "--profile", str(tiny_profile), "--set", "data.path=/nowhere/x.npz",
+                 "--runs-dir", str(tmp_path / "runs"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "/nowhere/x.npz" in proc.stderr
+
+    proc = dptui("--headless", "--profile", str(tiny_profile), "--set", "prune.rounds=zero")
+    assert proc.returncode == 2 and "'prune.rounds'" in proc.stderr
+
+
+def test_help_everywhere():
+    for args in ([], ["runs"], ["profiles"]):
+        proc = dptui(*args, "--help")
+        assert proc.returncode == 0 and "Usage" in proc.stdout
+    assert "--headless" in dptui("--help").stdout
+
+
+def wait_for(path: Path, needle: str, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and needle in path.read_text():
+            return
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited early"
+        time.sleep(0.05)
+    raise AssertionError(f"{needle} never appeared in {path}")
+
+
+def test_killed_headless_run_resumes_to_the_same_masks(tmp_path, tiny_profile):
+    slow = ["--set", "train.epochs=60", "--set", "prune.methods=['imp']", "--set", "prune.rounds=4"]
+    full = dptui("--headless", "--profile", str(tiny_profile), *slow, "--runs-dir", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+
+    runs = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "dptui", "--headless", "--profile", str(tiny_profile), *slow,
+                             "--runs-dir", str(runs)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        (run_id,) = [p.name for p in (tmp_path / "full").iterdir() if len(p.name) == 16]
+        events = runs / run_id / "events.jsonl"
+        wait_for(events, '"round":3,"rounds"', proc)  # round 3 has started: kill it mid-round
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert not (runs / run_id / "round_004.json").exists()
+    results = json.loads((runs / run_id / "results.json").read_text())
+    assert results["status"] == "running" and len(results["rounds"]) == 2
+
+    again = dptui("--headless", "--profile", str(tiny_profile), *slow, "--runs-dir", str(runs))
+    assert again.returncode == 0, again.stderr
+    assert "resuming after round 2" in again.stdout
+    for r in range(1, 5):
+        a = safe_torch_load(tmp_path / "full" / run_id / f"round_{r:03d}.pt")["mask"]
+        b = safe_torch_load(runs / run_id / f"round_{r:03d}.pt")["mask"]
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert json.loads((runs / run_id / "results.json").read_text())["status"] == "done"
