@@ -43,7 +43,8 @@ def main_command(ctx: typer.Context,
                  headless: bool = typer.Option(False, "--headless", help="run the profile as a batch job, print and export tables"),
                  profile: str = ProfileOpt, overrides: Optional[list[str]] = SetOpt,
                  runs_dir: Optional[Path] = RunsOpt, data_root: Optional[str] = DataOpt,
-                 out: Optional[Path] = typer.Option(None, "--out", help="folder for the exported tables (headless)")) -> None:
+                 out: Optional[Path] = typer.Option(None, "--out", help="folder for the exported tables (headless)"),
+                 run_ids: Optional[list[str]] = typer.Option(None, "--run-id", help="run only these runs of the experiment (repeatable; see `dptui runs`)")) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from dpcore.profiles import load_profile
@@ -53,7 +54,7 @@ def main_command(ctx: typer.Context,
         from .headless import run_headless
 
         console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-        raise typer.Exit(run_headless(cfg, runs_path(runs_dir), data_root, out, console))
+        raise typer.Exit(run_headless(cfg, runs_path(runs_dir), data_root, out, console, only=run_ids or None))
     fail("the dashboard is not part of this build yet; run `dptui --headless` for the batch job")
 
 

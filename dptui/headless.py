@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dpcore.config import Config
+from dpcore.errors import DPError
 from dpcore.engine import plan_runs, resolve_device, run_experiment
 from dpcore.events import (DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted, RunDone,
                            RunFailed, RunStarted, StageStarted)
@@ -68,10 +69,16 @@ class LiveDisplay:
 
 
 def run_headless(cfg: Config, runs_dir: Path, data_root: str | None, out_dir: Path | None,
-                 console: Console) -> int:
+                 console: Console, only: list[str] | None = None) -> int:
     """Returns the exit code: 0 all runs done, 1 a run failed, 130 stopped by Ctrl-C."""
     device = resolve_device(cfg.run.device)
     plans = plan_runs(cfg, device)
+    if only:
+        unknown = sorted(set(only) - {p.run_id for p in plans})
+        if unknown:
+            raise DPError(f"--run-id {unknown[0]} is not a run of this experiment; its runs are: "
+                          + ", ".join(p.run_id for p in plans))
+        plans = [p for p in plans if p.run_id in only]
     stop = threading.Event()
 
     def on_sigint(signum, frame):  # first Ctrl-C stops after the current step; second one aborts
@@ -84,7 +91,8 @@ def run_headless(cfg: Config, runs_dir: Path, data_root: str | None, out_dir: Pa
     display = LiveDisplay(console, len(plans))
     try:
         with display.progress:
-            results = run_experiment(cfg, runs_dir, data_root=data_root, sink=display, should_stop=stop.is_set)
+            results = run_experiment(cfg, runs_dir, data_root=data_root, sink=display, should_stop=stop.is_set,
+                                     only=[p.run_id for p in plans])
     finally:
         signal.signal(signal.SIGINT, old)
     tables = experiment_tables(results)
