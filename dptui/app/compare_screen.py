@@ -1,0 +1,190 @@
+"""Compare: accuracy vs sparsity of several runs or experiments, time-to-mask and the speed-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Label, SelectionList, Static
+from textual_plotext import PlotextPlot
+
+from dpcore.summary import Stat, Table, experiment_tables, rounds_table
+
+from .model import RunView, pct, secs
+from .runs_screen import KEYS, DashScreen
+from .widgets import RowTable
+
+
+def mean(x: Any) -> float | None:
+    return x.mean if isinstance(x, Stat) else x
+
+
+def curves(views: list[RunView]) -> tuple[list[tuple[str, list[float], list[float]]], list[tuple[str, float]]]:
+    """([(label, sparsity %, accuracy %)], [(label, dense accuracy %)]) grouped by experiment and method,
+    averaged over seeds (validated accuracy; the inner accuracy where a run was not validated)."""
+    experiments = sorted({v.experiment for v in views})
+    many = len(experiments) > 1
+    lines, dense = [], []
+    for exp in experiments:
+        table = rounds_table([v.results_for_tables() for v in views if v.experiment == exp])
+        by_method: dict[str, list[dict]] = {}
+        for row in table.rows:
+            by_method.setdefault(row["method"], []).append(row)
+        for method, rows in by_method.items():
+            label = f"{exp}/{method}" if many else method
+            if method == "dense":
+                if mean(rows[0].get("val_acc")) is not None:
+                    dense.append((f"{label}", 100 * mean(rows[0]["val_acc"])))
+                continue
+            pts = [(100 * r["sparsity"], mean(r.get("val_acc")) if r.get("val_acc") is not None
+                    else mean(r.get("inner_test_acc"))) for r in rows]
+            pts = [(x, 100 * y) for x, y in pts if y is not None]
+            if pts:
+                lines.append((label, [x for x, _ in pts], [y for _, y in pts]))
+    return lines, dense
+
+
+def t2m_summary(views: list[RunView]) -> Text:
+    """Per experiment and method: time-to-mask at its deepest round; speed-up at the deepest matched one."""
+    out = Text()
+    for exp in sorted({v.experiment for v in views}):
+        results = [v.results_for_tables() for v in views if v.experiment == exp]
+        table = rounds_table(results)
+        last: dict[str, dict] = {}
+        for row in table.rows:
+            if row["method"] != "dense":
+                last[row["method"]] = row
+        parts = [f"{m} {secs(mean(r.get('time_to_mask_s')))} @ {pct(r['sparsity'])}" for m, r in last.items()]
+        tables = experiment_tables(results)
+        if len(tables) > 1 and tables[1].rows:
+            best = tables[1].rows[-1]
+            if best.get("speedup"):
+                parts.append(f"distilled {best['speedup']:.2f}x faster than imp at {pct(best['sparsity'])}")
+        out.append(f"{exp}: ", style="bold")
+        out.append("time-to-mask " + ("; ".join(parts) if parts else "- (no finished rounds)") + "\n")
+    out.rstrip()
+    return out
+
+
+class CompareScreen(DashScreen):
+    BINDINGS = [
+        KEYS,
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("t", "next_table", "Next table"),
+        Binding("a", "all", "All/none"),
+        Binding("e", "export", "Export"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, run_ids: list[str]):
+        super().__init__()
+        self.run_ids = list(run_ids)
+        self.table_index = 0
+        self._options: list[str] = []
+        self._shown: tuple | None = None
+
+    def compose(self) -> ComposeResult:
+        yield self.title_line()
+        with Horizontal(id="compare-body"):
+            yield SelectionList[str](id="pick")
+            with Vertical(id="compare-main"):
+                yield PlotextPlot(id="acc-plot")
+                yield Static("", id="t2m")
+                yield Label("", id="table-title", classes="table-title")
+                yield RowTable(id="compare-table")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#pick").border_title = "runs (space toggles)"
+        self.query_one("#pick").focus()
+        self.call_after_refresh(self.became_ready)
+
+    def views(self) -> list[RunView]:
+        views = self.app.views
+        return [views[r] for r in self.run_ids if r in views]
+
+    def tables(self) -> list[Table]:
+        views = self.views()
+        experiments = sorted({v.experiment for v in views})
+        out = []
+        for exp in experiments:
+            for t in experiment_tables([v.results_for_tables() for v in views if v.experiment == exp]):
+                if len(experiments) > 1:
+                    t.title = f"{exp}: {t.title}"
+                out.append(t)
+        return out
+
+    def current_table(self) -> Table | None:
+        tables = self.tables()
+        return tables[self.table_index % len(tables)] if tables else None
+
+    def export_name(self) -> str:
+        t = self.current_table()
+        return "compare-" + (t.title if t else "empty")
+
+    def refresh_data(self) -> None:
+        app: Any = self.app
+        all_views = app.sorted_views()
+        pick = self.query_one("#pick", SelectionList)
+        ids = [v.run_id for v in all_views]
+        if ids != self._options:
+            self._options = ids
+            pick.clear_options()
+            pick.add_options([(f"{v.experiment} {v.method} s{v.seed} · {v.status}", v.run_id, v.run_id in self.run_ids)
+                              for v in all_views])
+        views = self.views()
+        key = tuple(views)
+        if self._shown is not None and len(self._shown) == len(key) and all(a is b for a, b in zip(self._shown, key)):
+            return
+        self._shown = key
+        self.set_title(Text.assemble(("Compare", "bold"), f"  {len(views)} runs: "
+                                     + ", ".join(sorted({f'{v.experiment}' for v in views})) if views else ""))
+        self._plot(views)
+        self.query_one("#t2m", Static).update(t2m_summary(views) if views else "pick two or more runs on the left")
+        self._show_table()
+
+    def _plot(self, views: list[RunView]) -> None:
+        widget = self.query_one("#acc-plot", PlotextPlot)
+        plt = widget.plt
+        plt.clear_figure()
+        lines, dense = curves(views)
+        dense_text = ", ".join(f"{label} {y:.2f}%" for label, y in dense)
+        plt.title("validated accuracy % vs sparsity %" + (f"  (line: {dense_text})" if dense else ""))
+        for label, xs, ys in lines:
+            plt.plot(xs, ys, label=label, marker="braille")
+        for _, y in dense:
+            plt.hline(y, "gray")
+        if not lines:
+            plt.title("no finished rounds in the picked runs yet")
+        widget.refresh()
+
+    def _show_table(self) -> None:
+        tables = self.tables()
+        title = self.query_one("#table-title", Label)
+        table_widget = self.query_one("#compare-table", RowTable)
+        if not tables:
+            title.update("")
+            table_widget.set_data([], [])
+            return
+        t = tables[self.table_index % len(tables)]
+        title.update(Text.assemble((t.title, "bold"), f"  ({self.table_index % len(tables) + 1}/{len(tables)}, t: next)"))
+        table_widget.show_table(t)
+
+    def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
+        self.run_ids = list(event.selection_list.selected)
+        self.table_index = 0
+        self.refresh_data()
+
+    def action_next_table(self) -> None:
+        self.table_index += 1
+        self._show_table()
+
+    def action_all(self) -> None:
+        pick = self.query_one("#pick", SelectionList)
+        if pick.selected:
+            pick.deselect_all()
+        else:
+            pick.select_all()

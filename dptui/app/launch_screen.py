@@ -1,0 +1,386 @@
+"""Launch: pick a profile, see and edit its settings (validated as you type), pick devices, start."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.events import DescendantFocus
+from textual.widgets import Footer, Input, Label, OptionList, SelectionList, Static
+from textual.widgets.option_list import Option
+
+from dpcore.config import Config, describe_keys, to_dict
+from dpcore.errors import DPError
+from dpcore.profiles import list_profiles, load_profile, read_toml, save_profile
+
+from .runs_screen import KEYS, DashScreen
+from .widgets import FormInput, NameModal
+
+SKIP_KEYS = {"model.options", "synthetic.params", "run.device"}  # expanded per profile / set by the device list
+PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+KEY_IN_MESSAGE = re.compile(r"'([a-z_]+(?:\.[A-Za-z0-9_]+)+)'")
+
+
+def toml_literal(value: Any, top: bool = True) -> str:
+    """A value as the text one types after ``--set KEY=`` (a top-level string bare when that reads back
+    the same)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        from dpcore.profiles import parse_override
+
+        if top and value and parse_override(f"x.y={value}")[1] == value and value.strip() == value:
+            return value
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_literal(v, False) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_literal(v, False)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def split_overrides(text: str) -> list[str]:
+    """``a.b=1 c.d=["x", "y"] e.f="two words"`` -> one item per override: split at spaces outside quotes and
+    brackets, keeping the quotes (there is no shell here to eat them)."""
+    items, cur, depth, quote = [], "", 0, ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch.isspace() and depth <= 0:
+            if cur:
+                items.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    if quote or depth > 0:
+        raise DPError(f"--set {cur!r}: unclosed {quote or 'bracket'}")
+    return items + ([cur] if cur else [])
+
+
+def lookup(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def form_keys(cfg: Config) -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, help) for the form: every setting, with the profile's model options and
+    distiller parameters as their own keys (``model.width``, ``synthetic.params.iterations``)."""
+    rows = []
+    for key, kind, default, help_text in describe_keys():
+        if key in SKIP_KEYS:
+            if key == "model.options":
+                rows += [(f"model.{k}", type(v).__name__, None, "model option") for k, v in cfg.model.options.items()]
+            elif key == "synthetic.params":
+                rows += [(f"synthetic.params.{k}", type(v).__name__, None, "distiller parameter")
+                         for k, v in cfg.synthetic.params.items()]
+            continue
+        rows.append((key, kind, default, help_text))
+    return rows
+
+
+def field_id(key: str) -> str:
+    return "f-" + key.replace(".", "--")
+
+
+class LaunchScreen(DashScreen):
+    BINDINGS = [
+        KEYS,
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("ctrl+r", "start", "Start", priority=True),
+        Binding("ctrl+s", "save", "Save preset", priority=True),
+        Binding("ctrl+o", "focus_overrides", "Overrides", priority=True),
+    ]
+
+    def __init__(self, profile: str = "quickstart", overrides: list[str] | None = None):
+        super().__init__()
+        self.profile = profile
+        self.initial_overrides = list(overrides or [])
+        self.base: Config | None = None
+        self.base_values: dict[str, str] = {}
+        self.keys: dict[str, tuple] = {}
+        self.cfg: Config | None = None
+        self.error: str | None = None
+        self.plan_text = ""
+        self._validate_pending = False
+
+    # -- layout ----------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield self.title_line()
+        with Horizontal(id="launch-body"):
+            yield OptionList(id="profiles")
+            with Vertical(id="launch-main"):
+                yield Static("", id="profile-desc")
+                with Horizontal(classes="form-row"):
+                    yield Label("--set", classes="form-key")
+                    yield FormInput("", id="overrides",
+                                    placeholder="SECTION.KEY=VALUE ... e.g. prune.rounds=3 run.seeds=[0]")
+                with Horizontal(id="devices-row"):
+                    yield Label("devices", classes="form-key")
+                    yield SelectionList[str](id="devices")
+                yield VerticalScroll(id="form")
+                yield Static("", id="field-help")
+        yield Static("", id="launch-status")
+        yield Footer(compact=True)
+
+    async def on_mount(self) -> None:
+        self.set_title(Text.assemble(("Launch", "bold"), "  pick a profile, edit its settings, ctrl+r starts"))
+        self.query_one("#profiles").border_title = "profiles"
+        self.query_one("#form").border_title = "settings (edited = override)"
+        profiles = self.profile_names()
+        opts = self.query_one("#profiles", OptionList)
+        opts.add_options([Option(name, id=name) for name in profiles])
+        self._fill_devices()
+        if self.profile in profiles:
+            opts.highlighted = profiles.index(self.profile)
+        await self.load(self.profile)
+        self.apply_overrides(self.initial_overrides)
+        self.query_one("#overrides").focus()
+        self.ready = True
+
+    def profile_names(self) -> list[str]:
+        names = list(list_profiles())
+        if self.profile not in names:
+            names.append(self.profile)  # a .toml path given with --profile
+        return names
+
+    def _fill_devices(self) -> None:
+        slots = self.app.launcher.device_slots()
+        dev = self.query_one("#devices", SelectionList)
+        dev.clear_options()
+        labels = [(f"{s} (one run at a time)" if s == "cpu" else f"GPU {s[3:]}", s, True) for s in slots]
+        if slots != ["cpu"]:
+            labels.append(("cpu (instead of GPUs)", "cpu", False))
+        dev.add_options(labels)
+        dev.styles.height = len(labels)
+
+    async def load(self, profile: str) -> None:
+        """Show ``profile``'s settings in the form."""
+        self.profile = profile
+        self.base_values, self.keys = {}, {}  # no overrides while the form changes
+        form = self.query_one("#form", VerticalScroll)
+        try:
+            base, path = load_profile(profile)
+        except DPError as err:
+            await form.remove_children()
+            self.base = None
+            self.query_one("#profile-desc", Static).update(Text(str(err), style="red"))
+            self.validate()
+            return
+        self.base = base
+        tree = to_dict(base)
+        desc = read_toml(path).get("experiment", {}).get("description", "")
+        where = f"{path.parent.name}/{path.name}"  # short, and the same wherever the checkout is
+        self.query_one("#profile-desc", Static).update(Text.assemble((Path(profile).stem, "bold"), f"  {desc}",
+                                                                     (f"  ({where})", "dim")))
+        keys = {k: (kind, default, help_text) for k, kind, default, help_text in form_keys(base)}
+        values = {key: toml_literal(tree["model"][key.split(".", 1)[1]] if key.startswith("model.") else lookup(tree, key))
+                  for key in keys}
+        if list(keys) == [w.id for w in self.query(".form-value")] or \
+                [field_id(k) for k in keys] == [w.id for w in self.query(".form-value")]:
+            for key, value in values.items():  # same settings: just show the new values
+                self.query_one(f"#{field_id(key)}", Input).value = value
+        else:
+            await form.remove_children()
+            await form.mount_all([Horizontal(Label(key, classes="form-key"),
+                                             FormInput(value, id=field_id(key), classes="form-value"),
+                                             classes="form-row") for key, value in values.items()])
+        self.keys, self.base_values = keys, values
+        self.validate()
+
+    def apply_overrides(self, overrides: list[str]) -> None:
+        """Put ``--set`` overrides into their form fields (the rest into the --set box)."""
+        rest = []
+        for text in overrides:
+            key, sep, value = text.partition("=")
+            if sep and key.strip() in self.base_values:
+                self.query_one(f"#{field_id(key.strip())}", Input).value = value.strip()
+            else:
+                rest.append(text)
+        self.query_one("#overrides", Input).value = " ".join(rest)
+
+    # -- validation ------------------------------------------------------------------------------
+    def field_overrides(self) -> list[str]:
+        inputs = {w.id: w for w in self.query(".form-value")}
+        out = []
+        for key, base in self.base_values.items():
+            inp = inputs.get(field_id(key))
+            if inp is not None and inp.value.strip() != base:
+                out.append(f"{key}={inp.value.strip()}")
+        return out
+
+    def overrides(self) -> list[str]:
+        return self.field_overrides() + split_overrides(self.query_one("#overrides", Input).value)
+
+    def validate(self) -> Config | None:
+        """Check the profile + overrides exactly as ``dptui --profile P --set ...`` does."""
+        self.cfg, self.error = None, None
+        for inp in self.query(".form-value"):
+            inp.remove_class("-invalid")
+        try:
+            cfg, _ = load_profile(self.profile, self.overrides())
+            if not self.slots():
+                raise DPError("pick at least one device")
+            self.cfg = cfg
+        except DPError as err:
+            self.error = str(err)
+            m = KEY_IN_MESSAGE.search(self.error)
+            if m and m.group(1) in self.keys:
+                self.query(f"#{field_id(m.group(1))}").add_class("-invalid")
+        for inp in self.query(".form-value"):
+            key = inp.id[2:].replace("--", ".")
+            inp.set_class(key in self.base_values and inp.value.strip() != self.base_values[key], "changed")
+        self.show_status()
+        return self.cfg
+
+    def slots(self) -> list[str]:
+        selected = list(self.query_one("#devices", SelectionList).selected)
+        gpus = [s for s in selected if s.startswith("gpu")]
+        return gpus or (["cpu"] if "cpu" in selected else [])
+
+    def plan(self) -> tuple[list[str], list[str]]:
+        """(run ids to start, notes on the ones skipped)."""
+        app: Any = self.app
+        _, plans = app.launcher.plan(self.cfg, self.slots())
+        todo, done, busy = [], [], []
+        for p in plans:
+            view = app.views.get(p.run_id)
+            status = view.status if view else None
+            (done if status == "done" else busy if view is not None and view.active else todo).append(p)
+        notes = []
+        if done:
+            notes.append(f"{len(done)} already done")
+        if busy:
+            notes.append(f"{len(busy)} running or queued")
+        self.plan_text = ", ".join(f"{p.method} s{p.seed}" for p in todo)
+        return [p.run_id for p in todo], notes
+
+    def show_status(self) -> None:
+        status = self.query_one("#launch-status", Static)
+        if self.error:
+            status.update(Text(f"✗ {self.error}", style="bold red"))
+            return
+        todo, notes = self.plan()
+        slots = self.slots()
+        where = "CPU" if slots == ["cpu"] else ", ".join(f"GPU {s[3:]}" for s in slots)
+        text = (f"✓ valid · {len(todo)} run(s) to start: {self.plan_text or 'none'} · on {where}"
+                + (f" · skipping {', '.join(notes)}" if notes else ""))
+        status.update(Text(text, style="green"))
+
+    def refresh_data(self) -> None:
+        if self.error is None and self.cfg is not None:
+            self.show_status()  # runs finishing or starting change what a start would skip
+
+    @on(Input.Changed)
+    def _changed(self, event: Input.Changed) -> None:
+        if event.input.id == "overrides" or event.input.has_class("form-value"):
+            self.validate_soon()
+
+    @on(SelectionList.SelectedChanged, "#devices")
+    def _devices(self) -> None:
+        self.validate_soon()
+
+    def validate_soon(self) -> None:
+        """Validate once after the changes already queued (a form being filled sends one per field)."""
+        if not self._validate_pending:
+            self._validate_pending = True
+            self.call_later(self._validate_now)
+
+    def _validate_now(self) -> None:
+        self._validate_pending = False
+        self.validate()
+
+    async def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option.id and event.option.id != self.profile:
+            await self.load(event.option.id)
+
+    def on_descendant_focus(self, event: DescendantFocus) -> None:
+        widget = event.widget
+        help_line = self.query_one("#field-help", Static)
+        if widget.id and widget.id.startswith("f-"):
+            key = widget.id[2:].replace("--", ".")
+            kind, default, text = self.keys.get(key, ("", None, ""))
+            default_text = "" if default is None else f", default {toml_literal(default)}"
+            help_line.update(Text.assemble((key, "bold"), f" ({kind}{default_text})  {text}"))
+        elif widget.id == "overrides":
+            help_line.update("extra --set overrides, space separated, as on the command line")
+        elif widget.id == "devices":
+            help_line.update("one run at a time per device; several GPUs run several runs at once")
+        else:
+            help_line.update("")
+
+    # -- actions ---------------------------------------------------------------------------------
+    def action_focus_overrides(self) -> None:
+        self.query_one("#overrides").focus()
+
+    def action_start(self) -> None:
+        app: Any = self.app
+        if self.validate() is None:
+            self.app.notify(f"cannot start: {self.error}", severity="error")
+            return
+        todo, notes = self.plan()
+        if not todo:
+            self.app.notify("nothing to start: " + ", ".join(notes), severity="warning")
+            return
+        try:
+            launch_dir, ids = app.launcher.launch(self.cfg, self.slots(), only=todo)
+        except (DPError, OSError) as err:
+            self.app.notify(f"cannot start: {err}", severity="error")
+            return
+        self.app.notify(f"started {len(ids)} run(s) in the background ({launch_dir.name}); "
+                        "they go on if you quit")
+        app.poke()
+        app.pop_screen()
+        runs = app.screen
+        if hasattr(runs, "pending_select"):
+            runs.pending_select = ids[0]
+
+    def action_save(self) -> None:
+        if self.validate() is None:
+            self.app.notify(f"cannot save: {self.error}", severity="error")
+            return
+        existing = list_profiles()
+
+        def check(name: str) -> str | None:
+            name = name.strip()
+            if not PRESET_NAME.match(name):
+                return "letters, digits, '-', '_' and '.' only"
+            if name in existing:
+                return f"a profile named '{name}' exists ({existing[name]})"
+            return None
+
+        async def save(name: str | None) -> None:
+            if not name:
+                return
+            cfg = self.cfg
+            if self.base is not None and cfg.experiment.name == self.base.experiment.name:
+                cfg = replace(cfg, experiment=replace(cfg.experiment, name=name))
+            path = Path.cwd() / "profiles" / f"{name}.toml"
+            save_profile(cfg, path)
+            self.app.notify(f"saved {path}")
+            opts = self.query_one("#profiles", OptionList)
+            opts.clear_options()
+            names = self.profile_names() if name in list_profiles() else self.profile_names() + [name]
+            opts.add_options([Option(n, id=n) for n in names])
+            self.query_one("#overrides", Input).value = ""
+            await self.load(name if name in list_profiles() else str(path))
+            if name in names:
+                opts.highlighted = names.index(name)
+
+        self.app.push_screen(NameModal("Save these settings as a new preset named:", "", check), save)

@@ -1,0 +1,349 @@
+"""Starting, cancelling and resuming runs as detached OS processes; reading their launch records.
+
+A launch is a folder ``<runs>/launches/<experiment>-<YYYYmmdd-HHMMSS>/`` holding
+
+- ``profile.toml``: the resolved config (the profile plus the form's overrides and the chosen device),
+- ``launch.json``: its runs (id, method, seed, the exact command line) and device slots,
+- ``runner.pid`` / ``state.json`` / ``runner.log``: the detached queue runner (:mod:`dptui.app.runner`),
+- ``<run id>.log``: each run's process output; ``cancel/<run id>``: cancel requests; ``exports/``.
+
+The design: one detached queue runner per launch runs its runs one at a time per device slot (each run its
+own process), and slots are shared between launches through ``flock``ed lock files. So the queue advances
+with the app closed, a crash or OOM of one run touches nothing else, and the app only reads these files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from dpcore.config import Config, config_from_dict
+from dpcore.errors import DPError
+
+from .follow import tail_lines
+
+LAUNCHES = "launches"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def _proc_state(pid: int) -> tuple[bool, str]:
+    """(alive, command line) of a process; zombies count as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False, ""
+    except PermissionError:
+        return True, ""
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():
+        return True, ""
+    try:
+        stat = (proc / "stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False, ""
+        return True, (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except (OSError, IndexError):
+        return True, ""
+
+
+def process_alive(pid: int | None, expect: str | None = None) -> bool:
+    """Whether ``pid`` runs, and (where /proc tells) its command line contains ``expect``: a reused pid
+    of an unrelated process does not count."""
+    if not pid:
+        return False
+    alive, cmdline = _proc_state(int(pid))
+    return alive and (not expect or not cmdline or expect in cmdline)
+
+
+def last_error(log: Path) -> str | None:
+    """The line that says why a run's process failed: its ``error:`` line, else a traceback's last line."""
+    lines = tail_lines(log, 60)
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: "):]
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("Traceback"):
+            tail = [ln for ln in lines[i + 1:] if not ln.startswith(" ")]
+            return tail[-1] if tail else None
+    return None
+
+
+@dataclass
+class LaunchEntry:
+    """A run as its latest launch sees it."""
+
+    run_id: str
+    launch_dir: Path
+    info: dict  # experiment, method, seed, dataset, model, device, rounds (from the plan)
+    state: str  # queued, running, exited, cancelled
+    created: float
+    slots: list[str]
+    pid: int | None = None
+    rc: int | None = None
+    slot: str | None = None
+    runner_alive: bool = False
+    pid_alive: bool = False
+    cancel_requested: bool = False
+    error: str | None = None
+    log_path: Path | None = None
+
+    def signature(self) -> tuple:
+        return (str(self.launch_dir), self.state, self.pid, self.rc, self.runner_alive, self.pid_alive,
+                self.cancel_requested, self.error)
+
+
+@dataclass
+class _Launch:
+    spec: dict
+    state_key: tuple = ()
+    state: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)  # run id -> (log signature, error)
+
+
+class Launcher:
+    """Starts launches and reads their records (thread-safe for one reader thread plus UI calls)."""
+
+    def __init__(self, runs_dir: Path, data_root: str | None = None, *, python: str = sys.executable,
+                 gpu_count: int | None = None, cwd: Path | None = None):
+        self.runs_dir = Path(runs_dir).absolute()
+        self.data_root = str(Path(data_root).absolute()) if data_root else None
+        self.python = python
+        self.cwd = Path(cwd or Path.cwd()).absolute()
+        self._gpus = gpu_count
+        self._launches: dict[str, _Launch] = {}
+        self._children: list[subprocess.Popen] = []
+
+    @property
+    def root(self) -> Path:
+        return self.runs_dir / LAUNCHES
+
+    # -- devices -------------------------------------------------------------------------------
+    def gpu_count(self) -> int:
+        if self._gpus is None:
+            try:
+                import torch
+
+                self._gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            except Exception:  # noqa: BLE001 - no usable CUDA means CPU only
+                self._gpus = 0
+        return self._gpus
+
+    def device_slots(self) -> list[str]:
+        """Every slot a launch may use: one per GPU, or the CPU."""
+        n = self.gpu_count()
+        return [f"gpu{i}" for i in range(n)] or ["cpu"]
+
+    @staticmethod
+    def device_type(slots: list[str]) -> str:
+        return "cuda" if any(s.startswith("gpu") for s in slots) else "cpu"
+
+    # -- starting ------------------------------------------------------------------------------
+    def argv(self, launch_dir: Path, run_id: str) -> list[str]:
+        argv = [self.python, "-m", "dptui", "--headless", "--profile", str(launch_dir / "profile.toml"),
+                "--runs-dir", str(self.runs_dir), "--run-id", run_id, "--out", str(launch_dir / "exports" / run_id)]
+        if self.data_root:
+            argv += ["--data-root", self.data_root]
+        return argv
+
+    def plan(self, cfg: Config, slots: list[str]):
+        """(config with the slots' device, its run plans)."""
+        import torch
+
+        from dpcore.engine import plan_runs
+
+        device = self.device_type(slots)
+        cfg = replace(cfg, run=replace(cfg.run, device=device))
+        return cfg, plan_runs(cfg, torch.device(device))
+
+    def launch(self, cfg: Config, slots: list[str], only: list[str] | None = None) -> tuple[Path, list[str]]:
+        """Write the launch folder and start its detached queue runner; returns (folder, run ids)."""
+        from dpcore.profiles import dumps
+        from dpcore.store import atomic_write_text
+
+        slots = [s for s in slots if s.startswith("gpu")] or ["cpu"]
+        cfg, plans = self.plan(cfg, slots)
+        if only is not None:
+            plans = [p for p in plans if p.run_id in only]
+        if not plans:
+            raise DPError("nothing to launch: no run of this profile is selected")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.root.mkdir(parents=True, exist_ok=True)
+        for i in range(1000):
+            launch_dir = self.root / f"{slug(cfg.experiment.name)}-{stamp}" if i == 0 else \
+                self.root / f"{slug(cfg.experiment.name)}-{stamp}-{i}"
+            try:
+                launch_dir.mkdir()
+                break
+            except FileExistsError:
+                continue
+        atomic_write_text(launch_dir / "profile.toml", dumps(cfg))
+        runs = [{"run_id": p.run_id, "method": p.method, "seed": p.seed, "experiment": cfg.experiment.name,
+                 "dataset": cfg.data.dataset, "model": cfg.model.name, "device": self.device_type(slots),
+                 "rounds": cfg.prune.rounds, "argv": self.argv(launch_dir, p.run_id), "log": f"{p.run_id}.log"}
+                for p in plans]
+        spec = {"version": 1, "created": time.time(), "runs_dir": str(self.runs_dir), "cwd": str(self.cwd),
+                "data_root": self.data_root, "slots": slots, "runs": runs}
+        atomic_write_text(launch_dir / "launch.json", json.dumps(spec, indent=1))
+        self.start_runner(launch_dir)
+        return launch_dir, [p.run_id for p in plans]
+
+    def start_runner(self, launch_dir: Path) -> int:
+        with open(launch_dir / "runner.log", "ab") as log:
+            proc = subprocess.Popen([self.python, "-m", "dptui.app.runner", str(launch_dir)],
+                                    start_new_session=True, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=self.cwd, close_fds=True)
+        (launch_dir / "runner.pid").write_text(f"{proc.pid}\n")
+        self._children.append(proc)
+        return proc.pid
+
+    # -- cancel and resume ---------------------------------------------------------------------
+    def cancel(self, entry: LaunchEntry | None) -> str:
+        """Ask for a run to stop (queued: never starts; running: SIGINT, stops after the current step)."""
+        if entry is None:
+            raise DPError("this run was not started from the dashboard; stop it with Ctrl-C where it runs")
+        marker = entry.launch_dir / "cancel" / entry.run_id
+        marker.parent.mkdir(exist_ok=True)
+        marker.touch()
+        if entry.state == "running" and entry.pid_alive and not entry.runner_alive:
+            # Its runner is gone, so nobody else will signal it.
+            try:
+                os.killpg(int(entry.pid), signal.SIGINT)
+            except (ProcessLookupError, PermissionError):
+                pass
+            return "sent SIGINT: it stops after the current step"
+        return "cancel requested: it stops after the current step" if entry.state == "running" else \
+            "cancel requested: it will not start"
+
+    def resume(self, run_id: str, entry: LaunchEntry | None) -> tuple[Path, list[str]]:
+        """Start a run again; the engine resumes after its last finished round."""
+        from dpcore.profiles import load_profile
+
+        if entry is not None and (entry.launch_dir / "profile.toml").exists():
+            cfg, _ = load_profile(str(entry.launch_dir / "profile.toml"))
+            slots = entry.slots if self.device_type(entry.slots) == "cpu" else self.device_slots()
+        else:
+            cfg, device = config_for_run(self.runs_dir, run_id)
+            slots = ["cpu"] if device == "cpu" else self.device_slots()
+        return self.launch(cfg, slots, only=[run_id])
+
+    # -- reading records -----------------------------------------------------------------------
+    def entries(self) -> dict[str, LaunchEntry]:
+        """Every launched run's entry from its latest launch."""
+        for proc in self._children:
+            proc.poll()  # reap finished runners
+        self._children = [p for p in self._children if p.returncode is None]
+        try:
+            dirs = sorted(d for d in self.root.iterdir() if d.is_dir())
+        except OSError:
+            return {}
+        out: dict[str, LaunchEntry] = {}
+        launches = []
+        for d in dirs:
+            launch = self._load(d)
+            if launch is not None:
+                launches.append((launch.spec.get("created", 0.0), d.name, d, launch))
+        for _, _, d, launch in sorted(launches, key=lambda x: (x[0], x[1])):
+            for entry in self._entries_of(d, launch):
+                out[entry.run_id] = entry
+        return out
+
+    def _load(self, d: Path) -> _Launch | None:
+        launch = self._launches.get(d.name)
+        if launch is None:
+            try:
+                spec = json.loads((d / "launch.json").read_text())
+            except (OSError, ValueError):
+                return None
+            launch = self._launches[d.name] = _Launch(spec)
+        try:
+            st = os.stat(d / "state.json")
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = ()
+        if key != launch.state_key:
+            try:
+                launch.state = json.loads((d / "state.json").read_text()) if key else {}
+                launch.state_key = key
+            except (OSError, ValueError):
+                pass
+        return launch
+
+    def _entries_of(self, d: Path, launch: _Launch) -> list[LaunchEntry]:
+        spec, state = launch.spec, launch.state
+        runner_pid = state.get("runner_pid")
+        if runner_pid is None:
+            try:
+                runner_pid = int((d / "runner.pid").read_text())
+            except (OSError, ValueError):
+                runner_pid = None
+        finished = "finished_at" in state
+        runner_alive = not finished and process_alive(runner_pid, "dptui.app.runner")
+        cancels = set(os.listdir(d / "cancel")) if (d / "cancel").is_dir() else set()
+        out = []
+        for run in spec.get("runs", []):
+            rid = run["run_id"]
+            rs = state.get("runs", {}).get(rid, {})
+            entry = LaunchEntry(rid, d, {k: run.get(k) for k in ("experiment", "method", "seed", "dataset",
+                                                                  "model", "device", "rounds")},
+                                rs.get("state", "queued"), spec.get("created", 0.0), list(spec.get("slots", [])),
+                                pid=rs.get("pid"), rc=rs.get("rc"), slot=rs.get("slot"), runner_alive=runner_alive,
+                                cancel_requested=rid in cancels, log_path=d / run.get("log", f"{rid}.log"))
+            if entry.state == "running":
+                entry.pid_alive = process_alive(entry.pid, rid)
+            if entry.state == "exited" and entry.rc not in (0, 130):
+                entry.error = self._error(launch, rid, entry.log_path)
+            out.append(entry)
+        return out
+
+    @staticmethod
+    def _error(launch: _Launch, rid: str, log: Path) -> str | None:
+        try:
+            st = os.stat(log)
+            key = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            return None
+        cached = launch.errors.get(rid)
+        if cached is None or cached[0] != key:
+            cached = launch.errors[rid] = (key, last_error(log))
+        return cached[1]
+
+
+def config_for_run(runs_dir: Path, run_id: str) -> tuple[Config, str]:
+    """Rebuild the config of one run from its ``config.toml`` (for runs not launched from the app):
+    (config that plans exactly this run, device type)."""
+    import torch
+
+    from dpcore.engine import plan_runs
+    from dpcore.profiles import read_toml
+
+    path = Path(runs_dir) / run_id / "config.toml"
+    if not path.exists():
+        raise DPError(f"run {run_id} has no config.toml; launch its profile again from the Launch screen")
+    raw = read_toml(path)
+    run = dict(raw.get("run", {}))
+    method, seed, device = run.pop("method", None), run.pop("seed", None), str(run.pop("device", "cpu"))
+    run.pop("run_id", None)
+    device = "cuda" if device.startswith("cuda") else "cpu"
+    run.update(seeds=[seed], device=device)
+    raw = {**raw, "run": run, "prune": {**raw.get("prune", {}), "methods": [method]}}
+    cfg = config_from_dict(raw, where=str(path))
+    plans = plan_runs(cfg, torch.device(device))
+    if [p.run_id for p in plans] != [run_id]:
+        raise DPError(f"run {run_id}: its config.toml no longer plans the same run (made by another engine "
+                      f"version?); launch its profile again")
+    return cfg, device
+
+
+def describe_command(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

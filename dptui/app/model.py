@@ -1,0 +1,332 @@
+"""What the dashboard shows about a run, computed from the store (plain Python, no Textual).
+
+A run is seen through three sources, merged by :func:`build_view`:
+
+- ``results.json`` (the engine's materialised view: rounds, dense, status, error),
+- ``events.jsonl`` folded into a :class:`RunLive` (stage, epoch progress, log lines; newest information),
+- the launch record of the app's launcher (:class:`dptui.app.launcher.LaunchEntry`: queued, process alive,
+  exit code), which tells a live process from a dead one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpcore.events import (DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted, RunDone,
+                           RunFailed, RunStarted, StageStarted)
+from dpcore.summary import METHOD_ORDER, Column, Table
+
+LOG_LINES = 200
+ACTIVE = frozenset({"running", "queued", "pending", "stopping"})
+RESUMABLE = frozenset({"stopped", "failed", "interrupted", "cancelled", "stalled"})
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def secs(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x >= 3600:
+        return f"{x / 3600:.1f}h"
+    if x >= 120:
+        return f"{x / 60:.1f}m"
+    return f"{x:.1f}s"
+
+
+@dataclass
+class RunLive:
+    """A run's events folded into its current state."""
+
+    run_id: str
+    info: dict = field(default_factory=dict)  # RunStarted fields: experiment, method, seed, dataset, ...
+    status: str = "pending"  # pending (no events yet), running, done, stopped, failed
+    error: str | None = None
+    stage: str = ""
+    round: int = 0
+    rounds: int = 0
+    target_sparsity: float | None = None
+    epoch: int = 0
+    epochs: int = 0
+    loss: float | None = None
+    eta_s: float | None = None
+    elapsed_s: float | None = None
+    rows: dict[int, dict] = field(default_factory=dict)
+    dense: dict | None = None
+    synthetic: dict | None = None
+    log: deque = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    started_t: float | None = None
+    events: int = 0
+
+    def snapshot(self) -> "RunLive":
+        """A copy the UI thread can keep while the follower goes on folding."""
+        out = copy.copy(self)
+        out.info, out.rows, out.log = dict(self.info), dict(self.rows), deque(self.log, maxlen=LOG_LINES)
+        return out
+
+    def fold(self, ev: Event) -> None:
+        self.events += 1
+        if self.started_t is None:
+            self.started_t = ev.t
+        line = format_event(ev)
+        if line:
+            self.log.append(f"[{max(0.0, ev.t - self.started_t):7.1f}s] {line}")
+        if isinstance(ev, RunStarted):
+            self.info = {k: getattr(ev, k) for k in ("experiment", "method", "seed", "dataset", "model", "device")}
+            self.status, self.error, self.rounds = "running", None, ev.rounds
+            self.rows = {r: row for r, row in self.rows.items() if r <= ev.resumed_after}
+            self.stage, self.epoch, self.epochs = "", 0, 0
+        elif isinstance(ev, StageStarted):
+            self.stage, self.round = ev.stage, ev.round
+            self.epoch, self.epochs, self.eta_s, self.elapsed_s, self.loss = 0, 0, None, 0.0, None
+        elif isinstance(ev, EpochProgress):
+            self.stage, self.round = ev.stage, ev.round
+            self.epoch, self.epochs, self.eta_s, self.elapsed_s = ev.epoch, ev.epochs, ev.eta_s, ev.elapsed_s
+            self.loss = ev.loss if ev.loss == ev.loss else None  # NaN -> None
+        elif isinstance(ev, DenseDone):
+            self.dense = {"test_acc": ev.test_acc, "train_s": ev.train_s}
+        elif isinstance(ev, DistillDone):
+            self.synthetic = {"source": ev.source, "images": ev.images, "distill_s": ev.distill_s, "cached": ev.cached}
+        elif isinstance(ev, RoundStarted):
+            self.round, self.rounds, self.target_sparsity = ev.round, ev.rounds, ev.target_sparsity
+        elif isinstance(ev, RoundDone):
+            self.rows[int(ev.row["round"])] = ev.row
+        elif isinstance(ev, RunDone):
+            self.status, self.stage, self.eta_s = ev.status, "", None
+        elif isinstance(ev, RunFailed):
+            self.status, self.error, self.stage, self.eta_s = "failed", ev.error, "", None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "stopped", "failed")
+
+
+def format_event(ev: Event) -> str | None:
+    """One human line per event worth logging (epoch progress is not)."""
+    if isinstance(ev, RunStarted):
+        resumed = f", resuming after round {ev.resumed_after}" if ev.resumed_after else ""
+        return (f"{ev.method} seed {ev.seed}: {ev.dataset} / {ev.model} on {ev.device} "
+                f"({ev.rounds} rounds{resumed})")
+    if isinstance(ev, StageStarted):
+        return f"{ev.stage}" + (f" (round {ev.round})" if ev.round else "")
+    if isinstance(ev, DenseDone):
+        return f"dense: test acc {pct(ev.test_acc)}, train {secs(ev.train_s)}" + (" (cached)" if ev.cached else "")
+    if isinstance(ev, DistillDone):
+        return (f"synthetic set: {ev.source}, {ev.images} images, time-to-distill {secs(ev.distill_s)}"
+                + (" (cached)" if ev.cached else ""))
+    if isinstance(ev, RoundStarted):
+        return f"round {ev.round}/{ev.rounds} -> target sparsity {pct(ev.target_sparsity)}"
+    if isinstance(ev, RoundDone):
+        r = ev.row
+        val = f"val {pct(r.get('val_acc'))}" if r.get("val_acc") is not None else "not validated"
+        return (f"round {r['round']} done: sparsity {pct(r['sparsity'])}, inner {secs(r.get('inner_train_s'))}, "
+                f"{val}, time-to-mask {secs(r.get('time_to_mask_s'))}")
+    if isinstance(ev, RunDone):
+        return f"run {ev.status} after {ev.rounds_done} rounds ({secs(ev.wall_s)})"
+    if isinstance(ev, RunFailed):
+        return f"FAILED: {ev.error}"
+    if ev.kind == "analysis_done":  # events of the analyses (newer engines)
+        result = getattr(ev, "result", {}) or {}
+        extra = f": instability {pct(result['instability'])}" if isinstance(result.get("instability"), float) else ""
+        return f"analysis {getattr(ev, 'analysis', '?')} done (round {getattr(ev, 'round', '?')}){extra}"
+    return None
+
+
+@dataclass
+class RunView:
+    """One row of the Runs screen: the merged state of a run."""
+
+    run_id: str
+    status: str
+    error: str | None
+    results: dict | None
+    live: RunLive | None
+    entry: Any | None  # launcher.LaunchEntry
+
+    def _get(self, key: str, default: Any = None) -> Any:
+        for src in (self.results, self.live.info if self.live else None,
+                    self.entry.info if self.entry is not None else None):
+            if src and src.get(key) is not None:
+                return src[key]
+        return default
+
+    @property
+    def experiment(self) -> str:
+        return self._get("experiment", "")
+
+    @property
+    def method(self) -> str:
+        return self._get("method", "")
+
+    @property
+    def seed(self) -> int | None:
+        return self._get("seed")
+
+    @property
+    def dataset(self) -> str:
+        return self._get("dataset", "")
+
+    @property
+    def model(self) -> str:
+        return self._get("model", "")
+
+    @property
+    def device(self) -> str:
+        return self._get("device", "")
+
+    @property
+    def rounds_planned(self) -> int | None:
+        planned = (self.results or {}).get("rounds_planned") or (self.live.rounds if self.live else 0)
+        return planned or self._get("rounds")
+
+    @property
+    def rows(self) -> list[dict]:
+        """Finished rounds: results.json's, plus any newer ones already announced by events."""
+        rows = {int(r["round"]): r for r in (self.results or {}).get("rounds", [])}
+        if self.live:
+            rows.update({k: v for k, v in self.live.rows.items() if k not in rows})
+        return [rows[k] for k in sorted(rows)]
+
+    @property
+    def dense(self) -> dict | None:
+        return (self.results or {}).get("dense") or (self.live.dense if self.live else None)
+
+    @property
+    def label(self) -> str:
+        seed = "" if self.seed is None else f" s{self.seed}"
+        return f"{self.experiment or '?'} {self.method or '?'}{seed}"
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def results_for_tables(self) -> dict:
+        """A results dict for :mod:`dpcore.summary` (also for runs without results.json yet)."""
+        res = dict(self.results or {})
+        res.update(run_id=self.run_id, experiment=self.experiment, method=self.method or "?",
+                   seed=self.seed if self.seed is not None else 0, rounds=self.rows, dense=self.dense,
+                   status=self.status)
+        if not res.get("synthetic") and self.live and self.live.synthetic:
+            res["synthetic"] = self.live.synthetic
+        return res
+
+    def sort_key(self) -> tuple:
+        return (self.experiment, METHOD_ORDER.get(self.method, 9), self.seed if self.seed is not None else -1,
+                self.run_id)
+
+
+def effective_status(results: dict | None, live: RunLive | None, entry: Any | None) -> tuple[str, str | None]:
+    """(status, error) of a run, reconciling its files with its process (see module docstring)."""
+    status = live.status if live and live.status != "pending" else (results or {}).get("status", "pending")
+    error = (live.error if live else None) or (results or {}).get("error")
+    if status != "failed":
+        error = None
+    if entry is None:
+        return status, error
+    st = entry.state
+    if st == "queued":
+        if entry.cancel_requested:
+            return "cancelled", None
+        return ("queued" if entry.runner_alive else "stalled"), None
+    if st == "running":
+        if entry.pid_alive:
+            return ("stopping" if entry.cancel_requested else "running"), None
+        if entry.runner_alive:  # it has just exited; the runner records the exit code next
+            return status, error
+        return ("interrupted" if status in ("running", "pending") else status), error
+    if st == "exited":
+        rc = entry.rc
+        if rc == 0 or status == "failed":
+            return status, error
+        if rc == 130 or (entry.cancel_requested and status in ("running", "pending", "stopped")):
+            return "stopped", None
+        return "failed", entry.error or exit_text(rc)
+    if st == "cancelled":
+        return (status if status in ("done", "stopped", "failed") else "cancelled"), error
+    return status, error
+
+
+def exit_text(rc: int | None) -> str:
+    if rc is None:
+        return "the process ended without an exit code"
+    if rc < 0:
+        hint = " (out of memory?)" if rc == -9 else ""
+        return f"the run's process was killed by signal {-rc}{hint}"
+    return f"the run's process exited with code {rc}"
+
+
+def build_view(run_id: str, results: dict | None, live: RunLive | None, entry: Any | None) -> RunView:
+    status, error = effective_status(results, live, entry)
+    return RunView(run_id, status, error, results, live, entry)
+
+
+# -- the Runs listing as a row-model table (so it exports like every other table) ----------------------
+
+RUN_COLUMNS = [
+    Column("experiment", "experiment", "text"), Column("method", "method", "text"), Column("seed", "seed", "int"),
+    Column("status", "status", "text"), Column("progress", "round", "text"),
+    Column("sparsity", "sparsity%", "pct"), Column("best_val", "best val%", "pct"),
+    Column("t2m", "t2m s", "sec"), Column("data", "dataset/model", "text"), Column("device", "device", "text"),
+    Column("run_id", "run", "text"),
+]
+
+
+def run_row(v: RunView) -> dict[str, Any]:
+    rows = v.rows
+    vals = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
+    last = rows[-1] if rows else {}
+    planned = v.rounds_planned
+    return {
+        "experiment": v.experiment, "method": v.method, "seed": v.seed, "status": v.status,
+        "progress": f"{len(rows)}/{planned or '?'}", "sparsity": last.get("sparsity"),
+        "best_val": max(vals) if vals else None, "t2m": last.get("time_to_mask_s"),
+        "data": f"{v.dataset}/{v.model}" if v.dataset or v.model else "", "device": v.device, "run_id": v.run_id,
+    }
+
+
+def runs_listing(views: list[RunView], title: str = "Runs") -> Table:
+    return Table(title, list(RUN_COLUMNS), [run_row(v) for v in views])
+
+
+def instability_table(results: dict) -> Table:
+    """The interpolation analysis of one run as a row-model table: :func:`dpcore.summary.instability_table`
+    where the library has it, else the same columns built here."""
+    from dpcore import summary
+
+    shared = getattr(summary, "instability_table", None)
+    if shared is not None:
+        try:
+            return shared([{**results, "instability": [{k: v for k, v in e.items() if k != "rewind_text"}
+                                                       for e in instability_items(results)]}])
+        except (KeyError, TypeError, ValueError, IndexError):
+            pass  # entries of another shape: the columns below need less
+    cols = [Column("method", "method", "text"), Column("round", "round", "int"),
+            Column("sparsity", "sparsity%", "pct"), Column("rewind", "rewind", "text"),
+            Column("min_acc", "min acc% on path", "pct"), Column("instability", "instability pp", "pct")]
+    sparsity = {int(r["round"]): r.get("sparsity") for r in results.get("rounds", [])}
+    table = Table("Instability", cols)
+    for item in instability_items(results):
+        table.rows.append({"method": results.get("method", ""), "round": item["round"],
+                           "sparsity": item.get("sparsity", sparsity.get(item["round"])), "rewind": item["rewind_text"],
+                           "min_acc": min(item["test_acc"]), "instability": item.get("instability")})
+    return table
+
+
+def instability_items(results: dict | None) -> list[dict]:
+    """Well-formed entries of ``results['instability']`` (round, alphas, test_acc of equal length)."""
+    out = []
+    for item in (results or {}).get("instability") or []:
+        try:
+            alphas, accs = list(map(float, item["alphas"])), list(map(float, item["test_acc"]))
+            if alphas and len(alphas) == len(accs):
+                rw = item.get("rewind") if isinstance(item.get("rewind"), dict) else {}
+                text = f"k={rw['k']}" + ("" if rw.get("unit", "epoch") == "epoch" else " steps") if "k" in rw else ""
+                out.append({**item, "round": int(item.get("round", 0)), "alphas": alphas, "test_acc": accs,
+                            "rewind_text": text})
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out

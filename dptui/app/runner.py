@@ -1,0 +1,158 @@
+"""The detached queue runner: ``python -m dptui.app.runner <launch dir>``.
+
+The app starts one runner per launch, in its own session (``start_new_session``), so closing the app or
+losing the SSH connection stops neither the runner nor its runs. The runner reads ``launch.json`` and runs
+each run as its own child process (``dptui --headless --run-id ID``, again in its own session, output to
+``<run id>.log``), one at a time per device slot: a thread per slot takes ``<runs>/launches/slot-<slot>.lock``
+with ``flock`` before claiming the next run, so runs of different launches also queue one per GPU (or one on
+the CPU), and a crashed runner releases its slots automatically. ``state.json`` (written only here) records
+each run's state (queued, running, exited, cancelled), pid and exit code. The app asks for a cancel by
+creating ``cancel/<run id>``: a queued run is skipped, a running one gets SIGINT (it stops after the current
+step and can be resumed), then SIGTERM after a grace period, then SIGKILL.
+
+Plain Python (no torch, no Textual) so that it starts fast and stays small.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+POLL_S = 0.5
+GRACE_S = 20.0  # after SIGINT, before SIGTERM
+KILL_S = 10.0  # after SIGTERM, before SIGKILL
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def slot_lock_path(runs_dir: Path, slot: str) -> Path:
+    return Path(runs_dir) / "launches" / f"slot-{slot}.lock"
+
+
+class QueueRunner:
+    def __init__(self, launch_dir: Path):
+        self.dir = Path(launch_dir)
+        self.spec = json.loads((self.dir / "launch.json").read_text())
+        self.lock = threading.Lock()
+        self.pending = list(self.spec["runs"])
+        self.state = {"runner_pid": os.getpid(), "started_at": time.time(),
+                      "runs": {r["run_id"]: {"state": "queued"} for r in self.pending}}
+        self.save()
+
+    def log(self, text: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+    def save(self) -> None:
+        with self.lock:
+            write_json_atomic(self.dir / "state.json", self.state)
+
+    def update(self, run_id: str, **fields) -> None:
+        with self.lock:
+            self.state["runs"][run_id].update(fields)
+        self.save()
+
+    def cancelled(self, run_id: str) -> bool:
+        return (self.dir / "cancel" / run_id).exists()
+
+    def claim(self, slot: str) -> dict | None:
+        """The next run to start on ``slot`` (skipping cancelled ones), or None when the queue is empty."""
+        while True:
+            with self.lock:
+                if not self.pending:
+                    return None
+                run = self.pending.pop(0)
+            if self.cancelled(run["run_id"]):
+                self.update(run["run_id"], state="cancelled", ended_at=time.time())
+                self.log(f"{run['run_id']} cancelled before it started")
+                continue
+            return run
+
+    def slot_loop(self, slot: str) -> None:
+        path = slot_lock_path(Path(self.spec["runs_dir"]), slot)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            with open(path, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)  # waits while another launch's run uses this slot
+                run = self.claim(slot)
+                if run is None:
+                    return
+                self.run_one(run, slot)
+
+    def run_one(self, run: dict, slot: str) -> None:
+        run_id = run["run_id"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DPTUI_SLOT": slot}
+        if slot.startswith("gpu"):
+            env["CUDA_VISIBLE_DEVICES"] = slot[3:]
+        with open(self.dir / run["log"], "ab") as log:
+            try:
+                proc = subprocess.Popen(run["argv"], start_new_session=True, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, env=env, cwd=self.spec.get("cwd") or None)
+            except OSError as err:
+                log.write(f"error: cannot start the run: {err}\n".encode())
+                self.update(run_id, state="exited", rc=127, slot=slot, ended_at=time.time())
+                return
+        self.update(run_id, state="running", pid=proc.pid, slot=slot, started_at=time.time())
+        self.log(f"{run_id} started on {slot} (pid {proc.pid})")
+        sent: dict[int, float] = {}
+        while True:
+            try:
+                rc = proc.wait(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if self.cancelled(run_id):
+                now = time.monotonic()
+                for sig, after, wait in ((signal.SIGINT, None, 0.0), (signal.SIGTERM, signal.SIGINT, GRACE_S),
+                                         (signal.SIGKILL, signal.SIGTERM, KILL_S)):
+                    if sig not in sent and (after is None or (after in sent and now - sent[after] >= wait)):
+                        sent[sig] = now
+                        self.log(f"{run_id}: sending {sig.name}")
+                        try:
+                            os.killpg(proc.pid, sig)
+                        except ProcessLookupError:
+                            pass
+                        break
+        self.update(run_id, state="exited", rc=rc, ended_at=time.time())
+        self.log(f"{run_id} exited with code {rc}")
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self.slot_loop, args=(slot,), name=f"slot-{slot}")
+                   for slot in self.spec["slots"]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with self.lock:
+            self.state["finished_at"] = time.time()
+        self.save()
+        self.log("queue finished")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m dptui.app.runner LAUNCH_DIR", file=sys.stderr)
+        return 2
+    QueueRunner(Path(args[0])).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

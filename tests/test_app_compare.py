@@ -1,0 +1,105 @@
+"""Compare and Interpolation screens."""
+
+import json
+
+from textual.widgets import OptionList, SelectionList
+from textual_plotext import PlotextPlot
+
+from app_fixtures import (CIFAR, DIST0, DIST1, IMP0, IMP1, RAND0, demo_store, make_test_app, round_row, run_async,
+                          screen_text, wait_for)
+from dpcore.summary import experiment_tables
+from dptui.app.compare_screen import curves
+from dptui.app.model import build_view
+from dptui.app.widgets import RowTable
+from dptui.export import to_html, to_markdown
+
+DEMO = [IMP0, IMP1, DIST0, DIST1, RAND0]
+
+
+async def open_screen(app, pilot, opener, name):
+    await wait_for(pilot, lambda: app.loaded)
+    opener()
+    await wait_for(pilot, lambda: type(app.screen).__name__ == name and app.screen.ready, what=name)
+    await pilot.pause()
+
+
+def test_curves_average_seeds_per_method_and_keep_the_dense_line(tmp_path):
+    runs = demo_store(tmp_path)
+    views = [build_view(r, json.loads((runs / r / "results.json").read_text()), None, None) for r in DEMO]
+    lines, dense = curves(views)
+    assert [name for name, _, _ in lines] == ["imp", "distilled", "random"]
+    imp = lines[0]
+    assert [round(x, 2) for x in imp[1]] == [20.0, 36.0, 48.8]
+    seeds = [round_row("imp", 1, seed)["val_acc"] for seed in (0, 1)]
+    assert abs(imp[2][0] - 100 * sum(seeds) / 2) < 1e-9 and seeds[0] != seeds[1]  # mean of round 1's seeds
+    assert dense == [("dense", 96.2)]
+    cifar = build_view(CIFAR, json.loads((runs / CIFAR / "results.json").read_text()), None, None)
+    lines, _ = curves(views[:1] + [cifar])
+    assert [name for name, _, _ in lines] == ["cifar/imp", "demo/imp"]  # two experiments
+
+
+@run_async
+async def test_compare_plots_the_runs_shows_time_to_mask_and_the_speedup_table(tmp_path):
+    runs = demo_store(tmp_path / "runs")
+    app = make_test_app(runs)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_screen(app, pilot, lambda: app.open_compare(DEMO), "CompareScreen")
+        text = screen_text(app)
+        assert "Compare  5 runs: demo" in text
+        assert "distilled 3.71x faster than imp at 48.80%" in text
+        plot = app.screen.query_one(PlotextPlot)
+        assert "imp" in plot.plt.build() and "distilled" in plot.plt.build()
+        results = [json.loads((runs / r / "results.json").read_text()) for r in DEMO]
+        results = [{**r, "status": r["status"]} for r in results]
+        rounds, speedup = experiment_tables(results)
+        assert app.screen.current_table().title == rounds.title
+        await pilot.press("t")
+        assert app.screen.current_table().title == speedup.title
+        assert len(app.screen.query_one(RowTable).keys) == len(speedup.rows) == 3
+        await pilot.press("e", "m", "e", "h")
+        out = runs / "exports" / "compare-Speed-up-of-distilled-over-imp"
+        await wait_for(pilot, lambda: out.with_suffix(".html").exists())
+        assert out.with_suffix(".md").read_text() == to_markdown([speedup])  # same as the headless export
+        assert out.with_suffix(".html").read_text() == to_html([speedup], f"dptui: {speedup.title}")
+
+
+@run_async
+async def test_picking_runs_in_compare(tmp_path):
+    app = make_test_app(demo_store(tmp_path / "runs"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_screen(app, pilot, lambda: app.open_compare([IMP0, DIST0]), "CompareScreen")
+        pick = app.screen.query_one(SelectionList)
+        assert sorted(pick.selected) == sorted([IMP0, DIST0])
+        assert app.focused is pick
+        await pilot.press("home", "space")  # cifar imp s0
+        assert sorted(app.screen.run_ids) == sorted([CIFAR, IMP0, DIST0])
+        assert "cifar: time-to-mask imp" in screen_text(app)
+        await pilot.press("a")  # all -> none
+        assert app.screen.run_ids == [] and "pick two or more runs" in screen_text(app)
+        await pilot.press("a")
+        assert len(app.screen.run_ids) == 6
+        await pilot.press("escape")
+        assert type(app.screen).__name__ == "RunsScreen"
+
+
+@run_async
+async def test_interpolation_curves_and_the_empty_state(tmp_path):
+    runs = demo_store(tmp_path / "runs")
+    app = make_test_app(runs)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_screen(app, pilot, lambda: app.open_interpolation(IMP0), "InterpolationScreen")
+        assert "No interpolation analysis for demo imp s0 yet" in screen_text(app)
+        assert app.screen.current_table() is None
+        runs_list = app.screen.query_one(OptionList)
+        assert "* demo distilled s0 · done" in str(runs_list.get_option_at_index(3).prompt)
+        runs_list.highlighted = 3
+        await wait_for(pilot, lambda: app.screen.run_id == DIST0 and app.screen.query_one(RowTable).keys)
+        assert len(app.screen.query_one(RowTable).keys) == 3
+        table = app.screen.current_table()
+        assert [round(getattr(r["instability"], "mean", r["instability"]), 2) for r in table.rows] == [0.02, 0.04, 0.06]
+        assert [r["round"] for r in table.rows] == [1, 2, 3]
+        assert "round 3 k=0" in app.screen.query_one(PlotextPlot).plt.build()
+        await pilot.press("e", "c")
+        await wait_for(pilot, lambda: (runs / "exports" / f"instability-{DIST0}.csv").exists())
+        await pilot.press("escape")
+        assert type(app.screen).__name__ == "RunsScreen"

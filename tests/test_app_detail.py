@@ -1,0 +1,145 @@
+"""Run detail: live rounds, epoch progress with ETA, charts, log tail, errors, coalescing, bindings."""
+
+import json
+
+from textual.widgets import Log, ProgressBar, Sparkline, Static
+
+from app_fixtures import (DIST1, IMP0, IMP1, RAND0, demo_store, launch_entry, make_test_app, round_row,
+                          run_async, screen_text, wait_for)
+from dpcore.events import EpochProgress, RoundDone, RunDone
+from dpcore.summary import rounds_table
+from dptui.app.widgets import RowTable
+from dptui.export import to_csv, to_markdown
+
+
+def append(path, *events, raw=""):
+    with open(path, "a") as f:
+        for ev in events:
+            f.write(json.dumps(ev.to_dict()) + "\n")
+        f.write(raw)
+
+
+async def open_detail(app, pilot, run_id):
+    await wait_for(pilot, lambda: app.loaded)
+    app.open_detail(run_id)
+    await wait_for(pilot, lambda: type(app.screen).__name__ == "DetailScreen" and app.screen.ready and run_id in app.lives
+                   and app.screen.query_one(RowTable).keys, what="the detail screen")
+
+
+@run_async
+async def test_a_running_run_shows_rounds_progress_eta_charts_and_log(tmp_path):
+    app = make_test_app(demo_store(tmp_path / "runs"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_detail(app, pilot, DIST1)
+        text = screen_text(app)
+        assert "distilled seed 1" in text and "running" in text and "round 2/3" in text
+        assert "round 3 · inner · epoch 150/300 · loss 0.250" in text and "ETA 12.5s" in text
+        bar = app.screen.query_one("#epoch", ProgressBar)
+        assert (bar.progress, bar.total) == (150, 300)
+        assert app.screen.query_one(RowTable).keys == ["dense-0", "distilled-1", "distilled-2"]
+        assert len(app.screen.query_one("#val-spark", Sparkline).data) == 2
+        assert "inner acc (synthetic training): 95.10% → 93.30%" in text
+        assert "syn ████" in text  # the synthetic-vs-real time bars
+        assert any("round 2 done" in line for line in app.screen.query_one(Log).lines)
+
+
+@run_async
+async def test_rounds_arrive_live_and_the_run_finishes(tmp_path):
+    runs = demo_store(tmp_path / "runs")
+    app = make_test_app(runs)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_detail(app, pilot, DIST1)
+        events = runs / DIST1 / "events.jsonl"
+        row = round_row("distilled", 3, seed=1)
+        # A half-written line first: nothing breaks, the rest arrives with the next write.
+        full = json.dumps(RoundDone(DIST1, t=2e9, row=row).to_dict()) + "\n"
+        append(events, raw=full[:30])
+        await pilot.pause(0.2)
+        assert app.screen.query_one(RowTable).keys[-1] == "distilled-2"
+        append(events, raw=full[30:])
+        await wait_for(pilot, lambda: app.screen.query_one(RowTable).keys[-1] == "distilled-3", what="round 3")
+        res = json.loads((runs / DIST1 / "results.json").read_text())
+        res["rounds"].append(row)
+        res["status"] = "done"
+        (runs / DIST1 / "results.json").write_text(json.dumps(res))
+        append(events, RunDone(DIST1, t=2e9 + 1, status="done", rounds_done=3, wall_s=50.0))
+        await wait_for(pilot, lambda: "done" in str(app.screen.query_one("#title", Static).render()),
+                       what="the run to finish")
+        assert "round 3/3" in screen_text(app) and app.views[DIST1].status == "done"
+        assert "ETA" not in screen_text(app)
+
+
+@run_async
+async def test_a_burst_of_progress_events_costs_one_update(tmp_path):
+    runs = demo_store(tmp_path / "runs")
+    app = make_test_app(runs, follow_s=0.2)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_detail(app, pilot, DIST1)
+        before = app.counts["run_changed"]
+        burst = [EpochProgress(DIST1, t=2e9 + i, stage="inner", round=3, epoch=i, epochs=2000, loss=0.1,
+                               elapsed_s=i / 100, eta_s=(2000 - i) / 100) for i in range(1, 2001)]
+        append(runs / DIST1 / "events.jsonl", *burst)
+        await wait_for(pilot, lambda: app.lives[DIST1].epoch == 2000, what="the burst")
+        assert app.counts["run_changed"] - before <= 2
+        assert "epoch 2000/2000" in screen_text(app)
+
+
+@run_async
+async def test_a_failed_run_shows_its_error(tmp_path):
+    app = make_test_app(demo_store(tmp_path / "runs"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_detail(app, pilot, IMP1)
+        error = str(app.screen.query_one("#error", Static).render())
+        assert "error: RuntimeError: CUDA out of memory" in error
+        assert "failed" in screen_text(app)
+
+
+@run_async
+async def test_a_run_that_failed_before_starting_shows_the_error_and_its_log(tmp_path):
+    runs = tmp_path / "runs"
+    log = tmp_path / "run.log"
+    log.write_text("error: data.path '/nowhere/x.npz' does not exist\n")
+    rid = "1" * 16
+    app = make_test_app(runs)
+    e = launch_entry(rid, runs, state="exited", rc=2, runner_alive=False, log_path=log,
+                     error="data.path '/nowhere/x.npz' does not exist")
+    e.info = {"experiment": "tiny", "method": "imp", "seed": 0, "rounds": 3}
+    app.launcher.fake_entries = {rid: e}
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.loaded)
+        app.open_detail(rid)
+        await wait_for(pilot, lambda: getattr(app.screen, "ready", False) and app.screen.query_one(Log).lines and
+                       "does not exist" in app.screen.query_one(Log).lines[-1])
+        assert "error: data.path '/nowhere/x.npz' does not exist" in str(app.screen.query_one("#error", Static).render())
+        assert app.views[rid].status == "failed"
+
+
+@run_async
+async def test_detail_bindings(tmp_path):
+    runs = demo_store(tmp_path / "runs")
+    app = make_test_app(runs)
+    app.launcher.fake_entries = {DIST1: launch_entry(DIST1, runs)}
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_detail(app, pilot, IMP0)
+        results = json.loads((runs / IMP0 / "results.json").read_text())
+        await pilot.press("e", "m", "e", "c")
+        out = runs / "exports" / f"rounds-demo-imp-s0-{IMP0}"
+        await wait_for(pilot, lambda: out.with_suffix(".csv").exists())
+        # The same table the headless exports write for this run.
+        assert out.with_suffix(".md").read_text() == to_markdown([rounds_table([results])])
+        assert out.with_suffix(".csv").read_text() == to_csv(rounds_table([results]))
+        await pilot.press("p")
+        assert type(app.screen).__name__ == "CompareScreen" and RAND0 in app.screen.run_ids
+        await pilot.press("escape", "i")
+        assert type(app.screen).__name__ == "InterpolationScreen" and app.screen.run_id == IMP0
+        await pilot.press("escape", "r")  # done: nothing to resume
+        assert app.launcher.calls == []
+        await pilot.press("escape")
+        app.open_detail(DIST1)
+        await wait_for(pilot, lambda: getattr(app.screen, "run_id", None) == DIST1 and app.screen.ready)
+        await pilot.press("c", "y")
+        assert app.launcher.calls == [("cancel", DIST1)]
+        await pilot.press("escape")
+        assert type(app.screen).__name__ == "RunsScreen"
+        assert DIST1 in app.watched or app.views[DIST1].active  # still followed: it is running
+        assert IMP0 not in app.watched

@@ -1,0 +1,184 @@
+"""The dashboard's plain-Python parts: following events, folding them, reconciling a run's status."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app_fixtures import DIST1, IMP0, demo_store, write_run
+from dpcore.events import EpochProgress, RoundDone, RunStarted
+from dpcore.profiles import load_profile, parse_override
+from dptui.app.follow import EventFollower, Mailbox, RunFollower, StoreScanner, tail_lines
+from dptui.app.launch_screen import toml_literal
+from dptui.app.launcher import LaunchEntry, config_for_run, last_error
+from dptui.app.model import RunLive, build_view, effective_status, runs_listing
+
+
+def line(ev) -> str:
+    return json.dumps(ev.to_dict()) + "\n"
+
+
+def test_follower_reads_only_complete_lines_and_picks_up_the_rest(tmp_path):
+    path = tmp_path / "events.jsonl"
+    f = EventFollower(path)
+    assert f.read_new() == []  # no file yet
+    start = line(RunStarted("r", t=1.0, experiment="e", method="imp", seed=0, dataset="d", model="m",
+                            device="cpu", rounds=3, resumed_after=0))
+    progress = line(EpochProgress("r", t=2.0, stage="inner", round=1, epoch=3, epochs=10, loss=0.5,
+                                  elapsed_s=1.0, eta_s=2.0))
+    path.write_text(start + progress[:20])  # the writer is in the middle of a line
+    assert [e.kind for e in f.read_new()] == ["run_started"]
+    with open(path, "a") as fh:
+        fh.write(progress[20:] + "not json\n")
+    evs = f.read_new()
+    assert [e.kind for e in evs] == ["epoch_progress"] and evs[0].epoch == 3
+    assert f.bad_lines == 1
+    path.write_text(start)  # replaced by a shorter file: start over
+    assert [e.kind for e in f.read_new()] == ["run_started"]
+
+
+def test_live_state_folds_events_and_a_resume_forgets_unfinished_rounds():
+    live = RunLive("r")
+    live.fold(RunStarted("r", t=10.0, experiment="e", method="imp", seed=1, dataset="d", model="m", device="cpu",
+                         rounds=3, resumed_after=0))
+    live.fold(RoundDone("r", t=12.0, row={"round": 1, "sparsity": 0.2}))
+    live.fold(RoundDone("r", t=13.0, row={"round": 2, "sparsity": 0.36}))
+    live.fold(EpochProgress("r", t=14.0, stage="inner", round=3, epoch=2, epochs=8, loss=float("nan"),
+                            elapsed_s=1.0, eta_s=3.0))
+    assert live.status == "running" and sorted(live.rows) == [1, 2]
+    assert (live.stage, live.epoch, live.epochs, live.eta_s, live.loss) == ("inner", 2, 8, 3.0, None)
+    assert live.log[0].startswith("[    0.0s] imp seed 1") and "round 2 done: sparsity 36.00%" in live.log[-1]
+    live.fold(RunStarted("r", t=20.0, experiment="e", method="imp", seed=1, dataset="d", model="m", device="cpu",
+                         rounds=3, resumed_after=1))
+    assert sorted(live.rows) == [1] and "resuming after round 1" in live.log[-1]
+
+
+def entry(state, **kw):
+    return LaunchEntry("r", Path("/x"), {}, state, 0.0, ["cpu"], **kw)
+
+
+@pytest.mark.parametrize("results, live_status, ent, expect", [
+    ({"status": "done"}, None, None, ("done", None)),
+    ({"status": "running"}, None, None, ("running", None)),  # not launched from the app: trust the file
+    (None, None, entry("queued", runner_alive=True), ("queued", None)),
+    (None, None, entry("queued", runner_alive=False), ("stalled", None)),
+    (None, None, entry("queued", runner_alive=True, cancel_requested=True), ("cancelled", None)),
+    ({"status": "stopped"}, "running", entry("running", pid_alive=True, runner_alive=True), ("running", None)),
+    ({"status": "running"}, "running", entry("running", pid_alive=True, cancel_requested=True), ("stopping", None)),
+    ({"status": "running"}, "running", entry("running", pid_alive=False, runner_alive=False), ("interrupted", None)),
+    ({"status": "running"}, "running", entry("exited", rc=-9), ("failed", "the run's process was killed by signal 9 (out of memory?)")),
+    (None, None, entry("exited", rc=2, error="data path '/nowhere' does not exist"), ("failed", "data path '/nowhere' does not exist")),
+    ({"status": "failed", "error": "RuntimeError: boom"}, "failed", entry("exited", rc=1), ("failed", "RuntimeError: boom")),
+    ({"status": "stopped"}, "stopped", entry("exited", rc=130), ("stopped", None)),
+    ({"status": "running"}, "running", entry("exited", rc=-2, cancel_requested=True), ("stopped", None)),
+])
+def test_effective_status_reconciles_files_and_processes(results, live_status, ent, expect):
+    live = None
+    if live_status:
+        live = RunLive("r")
+        live.status = live_status
+        live.error = (results or {}).get("error")
+    assert effective_status(results, live, ent) == expect
+
+
+def test_mailbox_coalesces_a_burst_into_one_message():
+    box = Mailbox()
+    posts = [box.put("k", i) for i in range(100)]
+    assert posts.count(True) == 1 and box.take("k") == 99 and box.take("k") is None
+    assert box.put("k", 1) is True
+
+
+def test_scanner_rereads_results_only_when_they_change(tmp_path, monkeypatch):
+    demo_store(tmp_path)
+    scanner = StoreScanner(tmp_path)
+    first = scanner.scan()
+    assert len(first.results) == 6 and first.results[IMP0]["status"] == "done"
+    reads = []
+    real = StoreScanner._read
+    monkeypatch.setattr(StoreScanner, "_read", staticmethod(lambda p: reads.append(p) or real(p)))
+    again = scanner.scan()
+    assert reads == [] and again.signature == first.signature and again.results[IMP0] is first.results[IMP0]
+    write_run(tmp_path, DIST1, method="distilled", seed=1, status="done", rounds=3)
+    third = scanner.scan()
+    assert [p.parent.name for p in reads] == [DIST1] and third.results[DIST1]["status"] == "done"
+    assert third.signature != first.signature
+
+
+def test_run_follower_tails_the_process_log(tmp_path):
+    write_run(tmp_path, IMP0, method="imp")
+    log = tmp_path / "run.log"
+    log.write_text("line 1\nline 2\n")
+    f = RunFollower(tmp_path / IMP0, IMP0, log)
+    assert f.poll() is True
+    live, tail = f.snapshot()
+    assert live.status == "done" and len(live.rows) == 3 and tail == ["line 1", "line 2"]
+    assert f.poll() is False
+    assert tail_lines(log, 1) == ["line 2"]
+
+
+def test_runs_listing_is_a_row_model_table(tmp_path):
+    demo_store(tmp_path)
+    snap = StoreScanner(tmp_path).scan()
+    views = [build_view(k, v, None, None) for k, v in snap.results.items()]
+    table = runs_listing(views)
+    row = next(r for r in table.rows if r["run_id"] == IMP0)
+    assert row["progress"] == "3/3" and row["best_val"] == max(r["val_acc"] for r in snap.results[IMP0]["rounds"])
+    assert abs(row["sparsity"] - (1 - 0.8 ** 3)) < 1e-9
+
+
+@pytest.mark.parametrize("value", [3, 0.0012, True, "adam", "", "a b", [0, 1], ["imp", "distilled"],
+                                   {"width": 64, "norm": "instance"}])
+def test_form_values_read_back_as_typed(value):
+    text = toml_literal(value)
+    assert parse_override(f"x.y={text}")[1] == value
+
+
+def test_config_for_run_rebuilds_a_headless_run(tmp_path, tiny_profile):
+    from dpcore.engine import plan_runs
+    from dpcore.store import RunDir
+    from dpcore.config import to_dict
+    import torch
+
+    cfg, _ = load_profile(str(tiny_profile))
+    plan = plan_runs(cfg, torch.device("cpu"))[1]
+    RunDir(tmp_path, plan.run_id).create({**to_dict(cfg), "run": {**to_dict(cfg.run), "method": plan.method,
+                                                                  "seed": plan.seed, "device": "cpu",
+                                                                  "run_id": plan.run_id}})
+    again, device = config_for_run(tmp_path, plan.run_id)
+    assert device == "cpu" and again.prune.methods == [plan.method] and again.run.seeds == [plan.seed]
+
+
+def test_last_error_finds_the_cli_error_line_or_the_traceback(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("starting\nerror: data.path '/nowhere/x.npz' does not exist\n")
+    assert last_error(log) == "data.path '/nowhere/x.npz' does not exist"
+    log.write_text("Traceback (most recent call last):\n  File \"x\", line 1\nMemoryError: out of memory\n")
+    assert last_error(log) == "MemoryError: out of memory"
+    log.write_text("nothing to see\n")
+    assert last_error(log) is None
+
+
+def test_override_box_splits_like_the_command_line_without_a_shell():
+    from dptui.app.launch_screen import split_overrides
+    from dpcore.errors import DPError
+
+    assert split_overrides('prune.rounds=3  prune.methods=["imp", "random"] experiment.description="a b"') == \
+        ["prune.rounds=3", 'prune.methods=["imp", "random"]', 'experiment.description="a b"']
+    assert [parse_override(o)[1] for o in split_overrides('run.seeds=[0, 1] data.path="x y.npz"')] == \
+        [[0, 1], "x y.npz"]
+    with pytest.raises(DPError, match="unclosed"):
+        split_overrides("prune.methods=[imp")
+
+
+def test_instability_table_with_or_without_the_library_one(monkeypatch):
+    import dpcore.summary
+    from app_fixtures import instability_curves
+    from dptui.app.model import instability_items, instability_table
+
+    res = {"run_id": "r", "method": "distilled", "seed": 0, "rounds": [], "instability": instability_curves()
+           + [{"round": 9, "alphas": [0, 1], "test_acc": [0.5]}]}  # a malformed entry is skipped
+    assert [i["rewind_text"] for i in instability_items(res)] == ["k=0", "k=0", "k=0"]
+    monkeypatch.delattr(dpcore.summary, "instability_table", raising=False)
+    table = instability_table(res)
+    assert [(r["round"], r["rewind"], round(r["instability"], 2)) for r in table.rows] == \
+        [(1, "k=0", 0.02), (2, "k=0", 0.04), (3, "k=0", 0.06)]

@@ -1,0 +1,133 @@
+"""Snapshot tests (pytest-textual-snapshot): every screen at 100x30 on the fake store, fixed theme, no clocks,
+no cursor blink, profiles from a fixed folder. Update with ``pytest tests/test_app_snapshots.py --snapshot-update``
+after a deliberate UI change (and regenerate ``screenshots/`` with ``scripts/screenshots.py``)."""
+
+import pytest
+
+from app_fixtures import DIST0, DIST1, IMP0, IMP1, demo_store, make_test_app
+
+SIZE = (100, 30)
+PROFILE = """
+[experiment]
+name = "demo"
+description = "IMP vs distilled vs random on the embedded MNIST subset"
+[data]
+dataset = "mnist-embedded"
+[model]
+name = "lenet-300-100"
+[synthetic.params]
+iterations = 200
+[prune]
+rounds = 3
+[run]
+seeds = [0]
+device = "cpu"
+"""
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """The demo store at ./runs (so the app shows a relative path) and one profile in ./profiles."""
+    import dpcore.profiles
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "demo.toml").write_text(PROFILE)
+    monkeypatch.setattr(dpcore.profiles, "profile_dirs", lambda: [tmp_path / "profiles"])
+    demo_store(tmp_path / "runs")
+    return tmp_path / "runs"
+
+
+def app_for(store, **kw):
+    from pathlib import Path
+
+    kw.setdefault("profile", "demo")
+    return make_test_app(Path("runs"), **kw)
+
+
+def until(predicate, *then):
+    async def run_before(pilot):
+        for _ in range(500):
+            if predicate(pilot.app):
+                break
+            await pilot.pause(0.02)
+        else:
+            raise AssertionError("the screen never got ready")
+        for step in then:
+            step(pilot.app)
+            for _ in range(500):
+                if getattr(pilot.app.screen, "ready", False):
+                    break
+                await pilot.pause(0.02)
+        await pilot.pause(0.2)
+    return run_before
+
+
+def loaded(app):
+    return app.loaded and getattr(app.screen, "ready", False) and app.screen.query("RowTable").first().keys
+
+
+def detail_ready(run_id):
+    return lambda app: (getattr(app.screen, "ready", False) and run_id in app.lives
+                        and app.screen.query("Log").first().lines)
+
+
+def test_runs(store, snap_compare):
+    assert snap_compare(app_for(store), terminal_size=SIZE, run_before=until(loaded))
+
+
+def test_runs_light_theme(store, snap_compare):
+    assert snap_compare(app_for(store, theme="textual-light"), terminal_size=SIZE, run_before=until(loaded))
+
+
+def test_runs_80x24(store, snap_compare):
+    assert snap_compare(app_for(store), terminal_size=(80, 24), run_before=until(loaded))
+
+
+def _detail(run_id):
+    async def run_before(pilot):
+        await until(loaded)(pilot)
+        pilot.app.open_detail(run_id)
+        await until(detail_ready(run_id))(pilot)
+    return run_before
+
+
+def test_detail_running(store, snap_compare):
+    assert snap_compare(app_for(store), terminal_size=SIZE, run_before=_detail(DIST1))
+
+
+def test_detail_failed(store, snap_compare):
+    assert snap_compare(app_for(store), terminal_size=SIZE, run_before=_detail(IMP1))
+
+
+def test_compare(store, snap_compare):
+    async def run_before(pilot):
+        await until(loaded)(pilot)
+        pilot.app.open_compare(pilot.app.experiment_of(IMP0))
+        await until(lambda a: getattr(a.screen, "ready", False))(pilot)
+    assert snap_compare(app_for(store), terminal_size=SIZE, run_before=run_before)
+
+
+def test_interpolation(store, snap_compare):
+    async def run_before(pilot):
+        await until(loaded)(pilot)
+        pilot.app.open_interpolation(DIST0)
+        await until(lambda a: getattr(a.screen, "ready", False) and a.screen.query("RowTable").first().keys)(pilot)
+    assert snap_compare(app_for(store), terminal_size=SIZE, run_before=run_before)
+
+
+def test_interpolation_empty(store, snap_compare):
+    async def run_before(pilot):
+        await until(loaded)(pilot)
+        pilot.app.open_interpolation(IMP0)
+        await until(lambda a: getattr(a.screen, "ready", False))(pilot)
+    assert snap_compare(app_for(store), terminal_size=SIZE, run_before=run_before)
+
+
+def test_launch(store, snap_compare):
+    async def run_before(pilot):
+        await until(loaded)(pilot)
+        pilot.app.open_launch()
+        await until(lambda a: getattr(a.screen, "ready", False) and "valid" in str(
+            a.screen.query_one("#launch-status").render()))(pilot)
+    assert snap_compare(app_for(store, overrides=["prune.rounds=2"]), terminal_size=SIZE, run_before=run_before)
