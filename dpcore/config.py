@@ -148,6 +148,27 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    """The paper's analyses, run after a run's rounds (section 3.3 and appendix B). Empty = none."""
+
+    instability_rounds: list = spec(default_factory=list, kind=list, check=ints_at_least(0),
+                                    help="rounds whose mask gets the instability analysis (0 = the dense net)")
+    instability_rewinds: list = spec(default_factory=list, kind=list, check=ints_at_least(0),
+                                     help="rewind points for it, in prune.rewind_unit ([] = the run's own rewind)")
+    alphas: int = spec(11, kind=int, check=at_least(3), help="interpolation points from 0 to 1 (>= 11 for a figure)")
+    bn_recompute: bool = spec(False, kind=bool, help="recompute BatchNorm statistics on training data at each alpha")
+    histogram_rounds: list = spec(default_factory=list, kind=list, check=ints_at_least(1),
+                                  help="rounds whose surviving weights' initial values are histogrammed")
+    bins: int = spec(40, kind=int, check=at_least(2), help="histogram bins per layer")
+    figures: bool = spec(False, kind=bool, help="write PNG + SVG figures into <run>/figures")
+
+    @property
+    def requested(self) -> bool:
+        """True when any analysis changes results.json (figures alone do not)."""
+        return bool(self.instability_rounds or self.histogram_rounds)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seeds: list = spec(default_factory=lambda: [0], kind=list, check=non_empty_ints)
     device: str = spec("auto", kind=str, check=device_name)
@@ -163,6 +184,7 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 # Sections whose unknown keys are collected into an ``options``/``params`` dict instead of rejected.
@@ -248,6 +270,14 @@ def _check_cross(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: 'data.path' must name the {cfg.data.dataset} location for dataset '{cfg.data.dataset}'")
     if any(m >= 10**6 for m in cfg.train.milestones):
         raise ConfigError(f"{where}: 'train.milestones' are epochs and look too large")
+    for key in ("instability_rounds", "histogram_rounds"):
+        late = [r for r in getattr(cfg.analysis, key) if r > cfg.prune.rounds]
+        if late:
+            raise ConfigError(f"{where}: 'analysis.{key}' has round {late[0]} but prune.rounds = {cfg.prune.rounds}")
+    if cfg.analysis.instability_rewinds and cfg.prune.rewind_unit == "epoch":
+        late = [k for k in cfg.analysis.instability_rewinds if k >= cfg.train.epochs]
+        if late:
+            raise ConfigError(f"{where}: 'analysis.instability_rewinds' has {late[0]} epochs but train.epochs = {cfg.train.epochs}")
 
 
 def to_dict(obj: Any) -> Any:

@@ -8,25 +8,31 @@ Per round r (mask m_{r-1} -> m_r):
   none for random) -> prune -> rewind -> optionally validate m_r (train on real data, test).
 IMP's validation of m_r and its inner training in round r+1 are the same computation (same start,
 mask, data and seed), so it runs once and its measured time counts in both places.
+
+After the last round, the ``[analysis]`` section's analyses run (instability of chosen rounds' masks at
+chosen rewind points, weight histograms, figures); each is saved into results.json as it finishes, and a
+resumed run does only the missing ones.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .analysis.instability import Hooks, instability_analysis
+from .analysis.weights import weight_histograms
 from .augment import DSA, crop_flip
-from .config import Config, to_dict
+from .config import AnalysisConfig, Config, to_dict
 from .data import load_dataset
 from .data.dataset import Dataset
 from .errors import DPError
-from .events import (DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted, RunDone,
-                     RunFailed, RunStarted, Sink, StageStarted, fan_out)
+from .events import (AnalysisDone, DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted,
+                     RunDone, RunFailed, RunStarted, Sink, StageStarted, fan_out)
 from .masks import (Mask, full_mask, layer_sparsity, magnitude_prune, mask_to_cpu, output_layer_name,
                     prunable, random_prune, remaining_target, sparsity)
 from .models import build_model
@@ -38,6 +44,7 @@ from .training import (Schedule, Stopped, Stopwatch, derive_seed, evaluate, rest
 
 ENGINE_VERSION = 1  # bump when a change alters results, so old runs are not resumed into new ones
 StopFlag = Callable[[], bool]
+ANALYSIS_KEYS = ("instability", "weight_histograms", "figures")  # results.json keys written by analyses
 
 
 def resolve_device(name: str) -> torch.device:
@@ -63,6 +70,12 @@ def run_identity(cfg: Config, method: str, seed: int, device: torch.device) -> d
     }
     if method == "distilled":
         ident["synthetic"] = d["synthetic"]
+    if cfg.analysis.requested:  # absent for runs without analyses, so their ids do not change
+        a = d["analysis"]
+        ident["analysis"] = {**{k: v for k, v in a.items() if k != "figures"},
+                             "instability_rewinds": sorted(set(a["instability_rewinds"])),
+                             "instability_rounds": sorted(set(a["instability_rounds"])),
+                             "histogram_rounds": sorted(set(a["histogram_rounds"]))}
     return ident
 
 
@@ -212,11 +225,13 @@ class Run:
         self.dir.create({**to_dict(cfg), "run": {**to_dict(cfg.run), "method": method, "seed": self.seed,
                                                   "device": str(self.device), "run_id": self.plan.run_id}})
         old = self.dir.read_results()
-        if old and old.get("status") == "done" and len(old.get("rounds", [])) == rounds:
+        if old and old.get("status") == "done" and len(old.get("rounds", [])) == rounds \
+                and not self.analyses_pending(old, cfg.analysis):
             return old
         rows = self.dir.finished_rounds()[:rounds]
         wall = time.perf_counter()
         self.results = self.new_results(rows)
+        self.results.update({k: old[k] for k in ANALYSIS_KEYS if old and k in old})
         self.event(RunStarted, experiment=cfg.experiment.name, method=method, seed=self.seed,
                    dataset=self.ds.name, model=cfg.model.name, device=str(self.device), rounds=rounds,
                    resumed_after=len(rows))
@@ -248,15 +263,20 @@ class Run:
             "started_at": time.time(), "updated_at": time.time(),
         }
 
-    def loop(self, rows: list[dict]) -> None:
-        cfg, method = self.cfg, self.method
+    def start_point(self) -> tuple[torch.nn.Module, dict, dict]:
+        """The initialised model, its initial state and the (cached) dense baseline."""
         model = self.new_model()
         init = snapshot(model)
         self.results["prunable_weights"] = sum(p.numel() for p in prunable(model).values())
         dense = self.dense_baseline(model, init)
         self.results["dense"] = {"test_acc": dense["test_acc"], "train_s": dense["train_s"]}
-        rewind = init if self.rewind_step == 0 else dense["rewind"]
         self.results["rewind"]["rewind_s"] = dense["rewind_s"]
+        return model, init, dense
+
+    def loop(self, rows: list[dict]) -> None:
+        cfg, method = self.cfg, self.method
+        model, init, dense = self.start_point()
+        rewind = init if self.rewind_step == 0 else dense["rewind"]
         syn = None
         if method == "distilled":
             self.start_stage("distill")
@@ -323,6 +343,126 @@ class Run:
             self.results["updated_at"] = time.time()
             self.dir.write_results(self.results)
             self.event(RoundDone, row=row)
+        self.analyze(model, init, dense, cfg.analysis)
+
+    # -- analyses (section 3.3 and appendix B) -------------------------------------------------
+    def rewind_steps(self, spec: AnalysisConfig) -> list[tuple[int, int]]:
+        """(k, global step) of each rewind point the instability analysis starts from."""
+        unit = self.per_epoch if self.cfg.prune.rewind_unit == "epoch" else 1
+        return [(k, k * unit) for k in sorted(set(spec.instability_rewinds or [self.cfg.prune.rewind]))]
+
+    def instability_pending(self, res: dict, spec: AnalysisConfig) -> list[tuple[int, int, int]]:
+        """(round, k, step) of each requested instability analysis not yet in ``res``."""
+        done = {(e["round"], e["rewind"]["step"], len(e["alphas"]), e["bn_recompute"])
+                for e in res.get("instability", [])}
+        return [(r, k, step) for r in sorted(set(spec.instability_rounds)) for k, step in self.rewind_steps(spec)
+                if (r, step, spec.alphas, spec.bn_recompute) not in done]
+
+    def analyses_pending(self, res: dict, spec: AnalysisConfig) -> bool:
+        hist = res.get("weight_histograms") or {}
+        have = {h["round"] for h in hist.get("rounds", [])}
+        figures = res.get("figures")
+        return bool(self.instability_pending(res, spec)
+                    or (spec.histogram_rounds and (not set(spec.histogram_rounds) <= have or hist.get("bins") != spec.bins))
+                    or (spec.figures and (not figures or not all((self.dir.path / f).exists() for f in figures))))
+
+    def rewind_state(self, model, step: int, init: dict, dense: dict) -> dict:
+        """The dense training's state at global ``step`` (init for 0); other steps than the run's own
+        are captured by a short dense training and cached beside the dense baseline."""
+        if step == 0:
+            return init
+        if step == self.rewind_step and dense.get("rewind") is not None:
+            return dense["rewind"]
+        ident = {k: self.plan.identity[k] for k in ("engine", "seed", "device", "data", "model", "train")}
+        ident["capture_step"] = step
+        path = self.runs_dir / "cache" / "rewind" / f"{config_hash(ident)}.pt"
+        if path.exists():
+            return safe_torch_load(path)["state"]
+        state, seconds = self.capture_rewind(model, init, step)
+        atomic_torch_save(path, {"state": state, "capture_s": seconds, "step": step})
+        return state
+
+    def capture_rewind(self, model, init: dict, step: int) -> tuple[dict, float]:
+        """Replay the dense training (same seed, order and schedule) just far enough to reach ``step``."""
+        self.start_stage("rewind")
+        restore(model, init)
+        schedule = replace(self.real_schedule, epochs=-(-step // self.per_epoch))
+        out = train(model, self.ds.x_train, self.ds.y_train, schedule=schedule, seed=derive_seed(self.seed, "real", 0),
+                    prepare=self.ds.prepare, mask=full_mask(model), augment=self.real_augment(), capture_step=step,
+                    on_epoch=self.on_epoch, should_stop=self.should_stop)
+        if out.capture is None:
+            raise DPError(f"rewind step {step} is past the end of training ({out.steps} steps)")
+        return out.capture, out.capture_s or 0.0
+
+    def mask_at(self, r: int, model) -> Mask:
+        if r == 0:
+            return full_mask(model)
+        return {n: m.to(self.device) for n, m in self.dir.load_mask(r).items()}
+
+    def sparsity_at(self, r: int) -> float:
+        rows = {row["round"]: row for row in self.results["rounds"]}
+        return rows[r]["sparsity"] if r in rows else 0.0
+
+    def analyze(self, model, init: dict, dense: dict, spec: AnalysisConfig) -> None:
+        """Run the analyses ``spec`` asks for that ``self.results`` lacks; saves after each one."""
+        unit = self.cfg.prune.rewind_unit
+        hooks = Hooks(stage=self.start_stage, epoch=self.on_epoch, should_stop=self.should_stop)
+        for r, k, step in self.instability_pending(self.results, spec):
+            self.round = r
+            start = self.rewind_state(model, step, init, dense)
+            res = instability_analysis(model, start, self.mask_at(r, model), self.ds, schedule=self.real_schedule,
+                                       seed=derive_seed(self.seed, "instability"), start_step=step,
+                                       augment=self.real_augment(), alphas=spec.alphas, bn_recompute=spec.bn_recompute,
+                                       eval_batch_size=self.cfg.run.eval_batch_size, hooks=hooks)
+            entry = {"round": r, "sparsity": self.sparsity_at(r), "rewind": {"k": k, "unit": unit, "step": step},
+                     "alphas": res.curve.alphas, "test_acc": res.curve.test_acc, "test_loss": res.curve.test_loss,
+                     "instability": res.curve.instability, "barrier": res.curve.barrier,
+                     "end_acc": list(res.end_acc), "end_loss": list(res.end_loss), "bn_recompute": spec.bn_recompute,
+                     "train_s": list(res.train_s), "eval_s": res.eval_s, "copy_seeds": list(res.seeds)}
+            entries = [e for e in self.results.get("instability", [])
+                       if (e["round"], e["rewind"]["step"], len(e["alphas"]), e["bn_recompute"])
+                       != (r, step, spec.alphas, spec.bn_recompute)] + [entry]
+            self.results["instability"] = sorted(entries, key=lambda e: (e["round"], e["rewind"]["step"],
+                                                                         len(e["alphas"]), e["bn_recompute"]))
+            self.dir.write_results(self.results)
+            self.event(AnalysisDone, analysis="instability", round=r,
+                       result={k2: entry[k2] for k2 in ("sparsity", "rewind", "instability", "barrier", "end_acc")})
+        if spec.histogram_rounds:
+            old = self.results.get("weight_histograms") or {}
+            rounds = set(spec.histogram_rounds)
+            if old.get("bins") == spec.bins:
+                rounds |= {h["round"] for h in old.get("rounds", [])}
+            self.results["weight_histograms"] = weight_histograms(
+                init, {r: self.mask_at(r, model) for r in sorted(rounds)}, {r: self.sparsity_at(r) for r in rounds},
+                bins=spec.bins)
+            self.dir.write_results(self.results)
+            self.event(AnalysisDone, analysis="histograms", round=max(rounds), result={"rounds": sorted(rounds)})
+        if spec.figures:
+            from .analysis.figures import run_figures
+
+            self.start_stage("figures")
+            paths = run_figures(self.results, self.dir.path / "figures")
+            self.results["figures"] = [str(p.relative_to(self.dir.path)) for p in paths]
+            self.dir.write_results(self.results)
+            self.event(AnalysisDone, analysis="figures", round=self.round, result={"files": self.results["figures"]})
+
+    def run_analyses(self, spec: AnalysisConfig) -> dict:
+        """Analyses on a run whose rounds are on disk (``dptui analyze``); returns the updated results."""
+        old = self.dir.read_results()
+        if not old or not old.get("rounds"):
+            raise DPError(f"{self.dir.path}: no finished rounds to analyse; run it first")
+        done = len(old["rounds"])
+        late = [r for r in [*spec.instability_rounds, *spec.histogram_rounds] if r > done]
+        if late:
+            raise DPError(f"{self.dir.path}: round {late[0]} is not finished (the run has {done} rounds)")
+        self.results = old
+        model, init, dense = self.start_point()
+        try:
+            self.analyze(model, init, dense, spec)
+        finally:
+            self.results["updated_at"] = time.time()
+            self.dir.write_results(self.results)
+        return self.results
 
 
 def synthetic_provider(cfg: Config, runs_dir: Path, data_root: str | Path | None):

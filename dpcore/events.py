@@ -34,7 +34,9 @@ class RunStarted(Event):
 
 @dataclass(frozen=True)
 class StageStarted(Event):
-    """A stage begins: "dense", "distill", "inner", "prune", "validate"."""
+    """A stage begins: "dense", "distill", "inner", "prune", "validate"; after the rounds, the
+    analyses' "rewind" (capturing an extra rewind point), "instability" (one of the two trainings),
+    "interpolate" (EpochProgress counts alphas) and "figures"."""
 
     kind: ClassVar[str] = "stage_started"
     stage: str
@@ -85,6 +87,16 @@ class RoundDone(Event):
 
 
 @dataclass(frozen=True)
+class AnalysisDone(Event):
+    """An analysis finished: "instability" (one mask and rewind point), "histograms" or "figures"."""
+
+    kind: ClassVar[str] = "analysis_done"
+    analysis: str
+    round: int
+    result: dict  # instability: sparsity, rewind, instability, barrier, end_acc; figures: files
+
+
+@dataclass(frozen=True)
 class RunDone(Event):
     kind: ClassVar[str] = "run_done"
     status: str  # "done" or "stopped"
@@ -100,7 +112,7 @@ class RunFailed(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in
                                        (RunStarted, StageStarted, EpochProgress, DenseDone, DistillDone,
-                                        RoundStarted, RoundDone, RunDone, RunFailed)}
+                                        RoundStarted, RoundDone, AnalysisDone, RunDone, RunFailed)}
 
 Sink = Callable[[Event], None]
 

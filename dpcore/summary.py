@@ -30,7 +30,7 @@ class Stat:
 class Column:
     key: str
     header: str
-    kind: str  # "text", "int", "pct" (fraction shown as %), "sec", "x" (ratio), each may be a Stat
+    kind: str  # "text", "int", "pct" (fraction shown as %), "sec", "x" (ratio), "num", each may be a Stat
 
 
 @dataclass
@@ -60,6 +60,8 @@ def format_cell(value: Any, kind: str) -> str:
         return f"{value:.2f}x"
     if kind == "int":
         return f"{int(value)}"
+    if kind == "num":
+        return f"{value:.3f}"
     return str(value)
 
 
@@ -67,7 +69,7 @@ def _group(results: list[dict]) -> dict[str, list[dict]]:
     by: dict[str, list[dict]] = {}
     for res in results:
         by.setdefault(res["method"], []).append(res)
-    return dict(sorted(by.items(), key=lambda kv: METHOD_ORDER.get(kv[0], 9)))
+    return dict(sorted(by.items(), key=lambda kv: (METHOD_ORDER.get(kv[0].split()[0], 9), kv[0])))
 
 
 def _round_rows(runs: list[dict]) -> dict[int, list[dict]]:
@@ -158,3 +160,187 @@ def experiment_tables(results: list[dict]) -> list[Table]:
     if note:
         tables[0].notes.append(note)
     return tables
+
+
+# -- multi-seed views and the analyses' tables ------------------------------------------------------
+
+def _rewind_text(res: dict) -> str:
+    rw = res.get("rewind") or {}
+    k, unit = rw.get("k", 0), rw.get("unit", "epoch")
+    return f"k={k}" if unit == "epoch" else f"k={k} steps"
+
+
+def label_runs(results: list[dict]) -> list[dict]:
+    """Copies of ``results`` whose ``method`` tells apart runs that would otherwise be pooled as seeds:
+    the same method with another rewind point ("imp k=1") or from another experiment ("imp [exp]").
+    The original method stays in ``base_method``."""
+    kinds: dict[str, set] = {}
+    for res in results:
+        kinds.setdefault(res["method"], set()).add((_rewind_text(res), res.get("experiment", "")))
+    out = []
+    for res in results:
+        label, seen = res["method"], kinds[res["method"]]
+        if len({k for k, _ in seen}) > 1:
+            label += " " + _rewind_text(res)
+        if len({e for _, e in seen}) > 1:
+            label += f" [{res.get('experiment', '')}]"
+        out.append({**res, "method": label, "base_method": res["method"]})
+    return out
+
+
+def seed_score(res: dict) -> float | None:
+    """A run's score for "best seed": its validated test accuracy averaged over its rounds."""
+    vals = [r["val_acc"] for r in res.get("rounds", []) if r.get("val_acc") is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def best_seeds(results: list[dict]) -> dict[str, int]:
+    """Per method, the seed with the best :func:`seed_score` (the bold line of the paper's Figure 1)."""
+    best: dict[str, tuple[float, int]] = {}
+    for method, runs in _group(results).items():
+        for res in runs:
+            score = seed_score(res)
+            if score is not None and (method not in best or (score, -res["seed"]) > (best[method][0], -best[method][1])):
+                best[method] = (score, res["seed"])
+    return {m: s for m, (_, s) in best.items()}
+
+
+def seeds_table(results: list[dict]) -> Table:
+    """One row per run: its own numbers, the best seed of each method marked."""
+    cols = [Column("method", "method", "text"), Column("seed", "seed", "int"), Column("rounds", "rounds", "int"),
+            Column("sparsity", "final sparsity%", "pct"), Column("mean_val_acc", "mean val acc%", "pct"),
+            Column("final_val_acc", "final val acc%", "pct"), Column("time_to_mask_s", "final t2m s", "sec"),
+            Column("best", "best", "text")]
+    table = Table("Seeds", cols)
+    best = best_seeds(results)
+    for method, runs in _group(results).items():
+        for res in sorted(runs, key=lambda r: r["seed"]):
+            rows = res.get("rounds", [])
+            last = rows[-1] if rows else {}
+            table.rows.append({"method": method, "seed": res["seed"], "rounds": len(rows),
+                               "sparsity": last.get("sparsity"), "mean_val_acc": seed_score(res),
+                               "final_val_acc": last.get("val_acc"), "time_to_mask_s": last.get("time_to_mask_s"),
+                               "best": "best" if best.get(method) == res["seed"] else ""})
+    table.notes.append("best = the seed with the highest validated accuracy averaged over its rounds "
+                       "(drawn bold in every figure)")
+    return table
+
+
+def _entry_key(e: dict) -> tuple:
+    return (e["round"], e["rewind"]["k"], e["rewind"]["unit"], len(e["alphas"]), bool(e.get("bn_recompute")))
+
+
+def instability_table(results: list[dict]) -> Table:
+    """Per method, mask (round) and rewind point: the interpolation's instability, mean±std over seeds."""
+    cols = [Column("method", "method", "text"), Column("round", "round", "int"),
+            Column("sparsity", "sparsity%", "pct"), Column("rewind", "rewind", "text"),
+            Column("end_acc", "end acc%", "pct"), Column("min_acc", "min acc% on path", "pct"),
+            Column("instability", "instability pp", "pct"), Column("barrier", "barrier pp", "pct"),
+            Column("seeds", "seeds", "int"), Column("best_seed", "best seed", "int"),
+            Column("best_instability", "best seed instability pp", "pct")]
+    table = Table("Instability", cols)
+    best = best_seeds(results)
+    for method, runs in _group(results).items():
+        by: dict[tuple, list[tuple[int, dict]]] = {}
+        for res in runs:
+            for e in res.get("instability", []):
+                by.setdefault(_entry_key(e), []).append((res["seed"], e))
+        for key in sorted(by):
+            items = by[key]
+            rnd, k, unit, n, bn = key
+            mine = [e for s, e in items if s == best.get(method)]
+            table.rows.append({
+                "method": method, "round": rnd, "sparsity": items[0][1]["sparsity"],
+                "rewind": (f"k={k}" if unit == "epoch" else f"k={k} steps") + (" +BN" if bn else ""),
+                "end_acc": Stat.of([sum(e["end_acc"]) / 2 for _, e in items]),
+                "min_acc": Stat.of([min(e["test_acc"]) for _, e in items]),
+                "instability": Stat.of([e["instability"] for _, e in items]),
+                "barrier": Stat.of([e["barrier"] for _, e in items]),
+                "seeds": len(items), "best_seed": best.get(method) if mine else None,
+                "best_instability": mine[0]["instability"] if mine else None,
+            })
+    table.notes.append("two copies trained from the rewind point with different data orders, evaluated at "
+                       "evenly spaced alphas; instability = max over alpha of mean(end accs) - acc(alpha) (>= 0); "
+                       "barrier = max drop below the straight line between the ends; pp = percentage points")
+    return table
+
+
+def _short(layer: str) -> str:
+    return layer.removesuffix(".weight")
+
+
+def layer_sparsity_table(results: list[dict]) -> Table:
+    """Per method and round: the sparsity of every prunable layer, mean±std over seeds."""
+    layers: list[str] = []
+    for res in results:
+        for row in res.get("rounds", []):
+            layers += [n for n in row.get("layer_sparsity", {}) if n not in layers]
+    cols = [Column("method", "method", "text"), Column("round", "round", "int"), Column("sparsity", "sparsity%", "pct")]
+    cols += [Column(f"layer:{n}", _short(n) + "%", "pct") for n in layers]
+    table = Table("Layer sparsity", cols)
+    for method, runs in _group(results).items():
+        for rnd, rows in sorted(_round_rows(runs).items()):
+            table.rows.append({"method": method, "round": rnd, "sparsity": sum(r["sparsity"] for r in rows) / len(rows),
+                               **{f"layer:{n}": Stat.of([r.get("layer_sparsity", {}).get(n) for r in rows])
+                                  for n in layers}})
+    table.notes.append("fraction of each layer's weights pruned; the global ranking sets it, so it differs per layer")
+    return table
+
+
+def histogram_table(results: list[dict]) -> Table:
+    """Numbers behind the weight histograms: per method, round and layer, where the survivors started."""
+    cols = [Column("method", "method", "text"), Column("round", "round", "int"),
+            Column("sparsity", "sparsity%", "pct"), Column("layer", "layer", "text"),
+            Column("kept", "surviving weights", "int"), Column("near_zero", "near-zero% of survivors", "pct"),
+            Column("near_zero_all", "near-zero% of all", "pct"), Column("abs_ratio", "mean abs w0 survivors/all", "num")]
+    table = Table("Initial weights of survivors", cols)
+    near = None
+    for method, runs in _group(results).items():
+        by: dict[tuple[int, str], list[tuple[dict, dict, float]]] = {}
+        for res in runs:
+            hist = res.get("weight_histograms")
+            if not hist:
+                continue
+            near = hist.get("near_zero", near)
+            for rnd in hist["rounds"]:
+                for name, h in rnd["layers"].items():
+                    by.setdefault((rnd["round"], name), []).append((h, hist["layers"][name], rnd["sparsity"]))
+        for (rnd, name), items in sorted(by.items(), key=lambda kv: kv[0][0]):
+            table.rows.append({
+                "method": method, "round": rnd, "sparsity": items[0][2], "layer": _short(name),
+                "kept": Stat.of([h["kept"] for h, _, _ in items]).mean,
+                "near_zero": Stat.of([h["near_zero"] for h, _, _ in items]),
+                "near_zero_all": Stat.of([a["near_zero_all"] for _, a, _ in items]),
+                "abs_ratio": Stat.of([h["mean_abs"] / a["mean_abs_all"] if h["mean_abs"] is not None
+                                      and a["mean_abs_all"] else None for h, a, _ in items]),
+            })
+    if near is not None:
+        table.notes.append(f"w0 = initial value; near-zero = |w0| < {near} x the std of the layer's initial weights; "
+                           "fewer near-zero survivors than overall = the bimodal shape of IMP tickets; "
+                           "surviving weights = mean over seeds")
+    return table
+
+
+def overlap_table(records: list[dict]) -> Table:
+    """Per pair of methods and round: Jaccard overlap of their masks (same seed), mean±std over seeds.
+
+    ``records``: {"a", "b", "seed", "round", "sparsity", "jaccard": {layer|"all": J}, "random": {...}}.
+    """
+    layers: list[str] = []
+    for rec in records:
+        layers += [n for n in rec["jaccard"] if n != "all" and n not in layers]
+    cols = [Column("pair", "masks", "text"), Column("round", "round", "int"), Column("sparsity", "sparsity%", "pct"),
+            Column("all", "Jaccard all", "num"), Column("random", "random pair", "num")]
+    cols += [Column(f"layer:{n}", _short(n), "num") for n in layers]
+    table = Table("Mask overlap", cols)
+    by: dict[tuple[str, int], list[dict]] = {}
+    for rec in records:
+        by.setdefault((f"{rec['a']} vs {rec['b']}", rec["round"]), []).append(rec)
+    for (pair, rnd), recs in by.items():
+        table.rows.append({"pair": pair, "round": rnd, "sparsity": sum(r["sparsity"] for r in recs) / len(recs),
+                           "all": Stat.of([r["jaccard"]["all"] for r in recs]),
+                           "random": Stat.of([r["random"]["all"] for r in recs]),
+                           **{f"layer:{n}": Stat.of([r["jaccard"].get(n) for r in recs]) for n in layers}})
+    table.notes.append("Jaccard = |A and B| / |A or B| of the surviving weights of two masks of the same seed; "
+                       "random pair = the same for independent random masks of the same layer densities (expected value)")
+    return table
