@@ -245,6 +245,8 @@ class Run:
             self.results.update(status="failed", error=message, traceback=traceback.format_exc())
             self.dir.write_results(self.results)
             self.event(RunFailed, error=message)
+            if isinstance(err, DPError):
+                raise  # bad input (data, synthetic files): every run would fail alike; exit 2
             return self.results
         self.results.update(status=status, updated_at=time.time())
         self.dir.write_results(self.results)
