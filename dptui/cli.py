@@ -55,7 +55,12 @@ def main_command(ctx: typer.Context,
 
         console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
         raise typer.Exit(run_headless(cfg, runs_path(runs_dir), data_root, out, console, only=run_ids or None))
-    fail("the dashboard is not part of this build yet; run `dptui --headless` for the batch job")
+    from .app import run_dashboard  # the dashboard, opened on the given profile and run store
+
+    raise typer.Exit(run_dashboard(str(profile), overrides or [], runs_path(runs_dir), data_root))
+
+
+from .report_cmd import register as _register_report; _register_report(app)  # noqa: E402,E702  report, analyze
 
 
 @app.command("runs")
@@ -91,6 +96,9 @@ def profiles_command() -> None:
     for name, path in list_profiles().items():
         desc = read_toml(path).get("experiment", {}).get("description", "")
         Console(highlight=False).print(f"[bold]{name}[/]  {desc}  [dim]{path}[/]")
+
+
+from .distill_cmd import register as _register_distill; _register_distill(app)  # noqa: E402, E702
 
 
 def main() -> None:

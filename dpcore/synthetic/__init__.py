@@ -7,10 +7,12 @@ module with a ``DISTILLER`` object and listing it below.
 from __future__ import annotations
 
 from dpcore.errors import ConfigError
-from dpcore.synthetic import dm, subset
+from dpcore.synthetic import dm, gm, mtt, subset
 from dpcore.synthetic.base import Distiller, SyntheticSet, resolve_params
 
-DISTILLERS: dict[str, Distiller] = {d.name: d for d in (dm.DISTILLER, subset.DISTILLER)}
+DISTILLERS: dict[str, Distiller] = {
+    d.name: d for d in (dm.DISTILLER, gm.DISTILLER, mtt.DISTILLER, subset.DISTILLER)
+}
 
 
 def get_distiller(name: str) -> Distiller:

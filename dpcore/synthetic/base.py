@@ -52,7 +52,13 @@ class SyntheticSet:
 
 @runtime_checkable
 class Distiller(Protocol):
-    """A dataset distillation (or selection) method."""
+    """A dataset distillation (or selection) method.
+
+    Optional extras a method may have: ``resolve(dataset_name, ipc, params) -> dict`` when its
+    defaults depend on the dataset and ipc (MTT, GM; the cache hashes its result), and a
+    ``workdir`` keyword in ``distill`` to receive a folder for reusable intermediates (MTT's
+    expert trajectories; the cache passes its own folder).
+    """
 
     name: str
     defaults: dict[str, Any]
@@ -174,3 +180,32 @@ class Timer:
     def elapsed(self) -> float:
         self._sync()
         return time.perf_counter() - self.t0
+
+
+def model_from_spec(method: str, spec: str, dataset, default: Callable[[], nn.Module],
+                    device: torch.device) -> Callable[[], nn.Module]:
+    """The network factory a method distils with: ``default`` (the profile's model) for ``""``, else a
+    registry model for ``dataset`` named by ``"name"`` or ``"name:option=value,option=value"``
+    (e.g. ``"convnet:width=32"``; integer values are read as integers)."""
+    if not spec:
+        return default
+    from dpcore.models import build_model
+
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"synthetic method {method!r}: bad model spec {spec!r}; write name:option=value,...")
+        value = value.strip()
+        options[key.strip()] = int(value) if value.lstrip("-").isdigit() else value
+    name = name.strip()
+
+    def factory() -> nn.Module:
+        return build_model(name, num_classes=dataset.num_classes, in_shape=dataset.shape, **options).to(device)
+
+    try:
+        factory()
+    except ConfigError as err:
+        raise ConfigError(f"synthetic method {method!r}: model spec {spec!r}: {err}") from None
+    return factory

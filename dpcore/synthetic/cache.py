@@ -1,15 +1,19 @@
 """A content-addressed cache of distilled sets: ``<cache_dir>/<key>/`` in MTT's file layout.
 
 The key hashes everything that determines the result (dataset, whitening, method, ipc, embedder
-model and options, seed, method parameters merged over the method's defaults). An entry appears
+model and options, seed, method parameters merged over the method's defaults, which for MTT and GM
+depend on the dataset and ipc). An entry appears
 atomically (written into a temp folder, then renamed), so an interrupted distillation never
-leaves a half entry; a stopped (incomplete) distillation is not cached at all.
+leaves a half entry; a stopped (incomplete) distillation is not cached at all. Methods whose
+``distill`` takes a ``workdir`` get the cache folder for their reusable intermediates (MTT keeps its
+expert trajectories in ``<cache_dir>/experts/``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -54,13 +58,30 @@ def _canonical_model(model: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "options": options}
 
 
-def _canonical_params(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+def resolve_for(distiller, dataset_name: str, ipc: int, params: dict[str, Any] | None) -> dict[str, Any]:
+    """A method's full parameters: its own ``resolve(dataset, ipc, params)`` when its defaults depend on
+    the dataset and ipc (MTT, GM), else ``params`` merged over its ``defaults``."""
+    resolve = getattr(distiller, "resolve", None)
+    if callable(resolve):
+        return resolve(dataset_name, ipc, params)
+    return resolve_params(distiller.name, distiller.defaults, params)
+
+
+def _accepts_workdir(distiller) -> bool:
+    try:
+        sig = inspect.signature(distiller.distill)
+    except (TypeError, ValueError):
+        return False
+    return "workdir" in sig.parameters
+
+
+def _canonical_params(method: str, params: dict[str, Any] | None, dataset_name: str, ipc: int) -> dict[str, Any]:
     from dpcore.synthetic import DISTILLERS
 
     distiller = DISTILLERS.get(method)
     if distiller is None:
         return dict(params or {})
-    return resolve_params(method, distiller.defaults, params)
+    return resolve_for(distiller, dataset_name, ipc, params)
 
 
 def synthetic_key(
@@ -85,7 +106,7 @@ def synthetic_key(
         "ipc": int(ipc),
         "model": _canonical_model(model),
         "seed": int(seed),
-        "params": _canonical_params(method, params),
+        "params": _canonical_params(method, params, dataset_name, int(ipc)),
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=repr)
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
@@ -130,7 +151,7 @@ def get_or_distill(
     from dpcore.synthetic import get_distiller
 
     distiller = get_distiller(method)
-    merged = resolve_params(method, distiller.defaults, params)
+    merged = resolve_for(distiller, dataset.name, ipc, params)
     canon_model = _canonical_model(model)
     key = synthetic_key(dataset.name, method, ipc, canon_model, seed, merged, dataset.whitened)
     cache_dir = Path(cache_dir)
@@ -158,6 +179,8 @@ def get_or_distill(
         params=merged,
         progress=progress,
         should_stop=should_stop,
+        # A folder for reusable intermediates (MTT's expert trajectories), for methods that take one.
+        **({"workdir": cache_dir} if _accepts_workdir(distiller) else {}),
     )
     syn.meta.update(key=key, model=canon_model)
     if syn.meta.get("stopped"):

@@ -30,6 +30,7 @@ from dpcore.synthetic.base import (
     check_ipc,
     check_positive,
     class_sorted_index,
+    model_from_spec,
     resolve_params,
     take_per_class,
 )
@@ -53,6 +54,7 @@ class DistributionMatching:
         "batch_real": 256,
         "dsa": True,
         "dsa_strategy": "color_crop_cutout_flip_scale_rotate",
+        "embedder": "",  # "" = the profile's model; else e.g. "convnet:width=32" (see base.model_from_spec)
     }
 
     def distill(
@@ -72,6 +74,7 @@ class DistributionMatching:
         counts = check_ipc(dataset, ipc, self.name)
         device = torch.device(device)
         timer = Timer(device)
+        model_factory = model_from_spec(self.name, p["embedder"], dataset, model_factory, device)
         C = dataset.num_classes
         total = p["iterations"]
 

@@ -1,0 +1,235 @@
+"""Expert trajectories for MTT: networks trained on the real data, parameters saved every epoch.
+
+An expert is a fresh network trained with plain SGD (no momentum, no weight decay) at ``lr``, batch
+``batch_size``, for ``epochs`` epochs with DSA (per-sample) on every batch; its flattened parameters
+are recorded at initialisation and after every epoch: a float32 [epochs + 1, P] tensor.
+
+Experts live on disk in ``<root>/<key>/expert_NNN.pt`` (one file per expert, each written
+atomically, so a killed run keeps the finished ones) and are reused by every distillation with the
+same key: a hash of the data (name, whitening, shape and a digest of the labels and a sample of the
+images), the architecture (its module tree and parameter shapes) and the expert hyperparameters.
+The number of experts is not part of the key: asking for more trains only the missing ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dpcore.errors import DataError
+from dpcore.safe_load import safe_torch_load
+from dpcore.store import atomic_torch_save, atomic_write_text
+from dpcore.synthetic.base import ProgressFn, StopFn
+from dpcore.training import Schedule, derive_seed, evaluate, train
+
+FORMAT = 1
+_MAX_CACHED_BYTES = 1 << 30  # trajectories kept in memory at once
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """How the experts are trained (MTT's buffer.py settings)."""
+
+    lr: float = 0.01
+    epochs: int = 50
+    batch_size: int = 256
+    dsa: bool = True
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    seed: int = 0
+
+
+class FlatParams:
+    """A model's parameters as one flat vector: names, shapes and views back into a dict."""
+
+    def __init__(self, model: nn.Module) -> None:
+        named = list(model.named_parameters())
+        self.names = [n for n, _ in named]
+        self.shapes = [tuple(p.shape) for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.numel = sum(self.numels)
+
+    def flatten(self, model: nn.Module) -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Views of ``flat`` shaped like the parameters (differentiable w.r.t. ``flat``)."""
+        parts = torch.split(flat, self.numels)
+        return {n: t.view(s) for n, t, s in zip(self.names, parts, self.shapes)}
+
+    def layout(self) -> list[list[Any]]:
+        return [[n, list(s)] for n, s in zip(self.names, self.shapes)]
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, Any]:
+    """The architecture: its module tree and every parameter's and buffer's name and shape."""
+    return {
+        "modules": repr(model),
+        "params": FlatParams(model).layout(),
+        "buffers": [[n, list(b.shape)] for n, b in model.named_buffers()],
+    }
+
+
+def data_fingerprint(dataset) -> dict[str, Any]:
+    """Identifies the training data cheaply: all labels and up to 512 evenly spaced images."""
+    y = dataset.y_train.detach().cpu().numpy().astype(np.int64)
+    n = int(y.shape[0])
+    stride = max(1, n // 512)
+    x = dataset.x_train[::stride].detach().cpu().contiguous().numpy()
+    digest = hashlib.sha256(y.tobytes())
+    digest.update(str(x.dtype).encode())
+    digest.update(x.tobytes())
+    return {
+        "name": dataset.name, "whitened": bool(dataset.whitened), "shape": list(dataset.shape),
+        "num_classes": int(dataset.num_classes), "n_train": n, "mean": list(dataset.mean),
+        "std": list(dataset.std), "digest": digest.hexdigest()[:32],
+    }
+
+
+def experts_key(dataset, model: nn.Module, spec: ExpertSpec) -> tuple[str, dict[str, Any]]:
+    payload = {"format": FORMAT, "data": data_fingerprint(dataset), "model": model_fingerprint(model),
+               "spec": asdict(spec)}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16], payload
+
+
+def _expert_file(folder: Path, index: int) -> Path:
+    return folder / f"expert_{index:03d}.pt"
+
+
+def _read_expert(path: Path, flat: FlatParams, epochs: int) -> dict[str, Any] | None:
+    """The saved expert, or None when it is missing, unreadable or made for another layout."""
+    if not path.is_file():
+        return None
+    try:
+        obj = safe_torch_load(path)
+    except DataError:
+        return None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("layout") != flat.layout():
+        return None
+    traj = obj.get("trajectory")
+    if not isinstance(traj, Tensor) or tuple(traj.shape) != (epochs + 1, flat.numel):
+        return None
+    if not bool(torch.isfinite(traj).all()):
+        return None
+    return obj
+
+
+def train_expert(dataset, model_factory: Callable[[], nn.Module], spec: ExpertSpec, index: int,
+                 device: torch.device, *, on_epoch: Callable[[int], None] | None = None,
+                 should_stop: StopFn | None = None) -> dict[str, Any]:
+    """Train expert ``index`` (init and data order seeded by ``spec.seed`` and ``index``)."""
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(derive_seed(spec.seed, "expert-init", index))
+        model = model_factory()
+    model = model.to(device)
+    flat = FlatParams(model)
+    snapshots = [flat.flatten(model).cpu()]
+
+    def record(epoch: int, epochs: int, loss: Tensor) -> None:
+        snapshots.append(flat.flatten(model).cpu())
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+    augment = None
+    if spec.dsa:
+        from dpcore.augment import DSA
+
+        dsa = DSA(strategy=spec.dsa_strategy, batchwise=False)
+        augment = lambda xb, gen: dsa(xb, seed=int(torch.randint(2**31 - 1, (1,), generator=gen)))  # noqa: E731
+    schedule = Schedule(optimizer="sgd", lr=spec.lr, epochs=spec.epochs, batch_size=spec.batch_size,
+                        momentum=0.0, weight_decay=0.0)
+    out = train(model, dataset.x_train, dataset.y_train, schedule=schedule,
+                seed=derive_seed(spec.seed, "expert-data", index), prepare=dataset.prepare, augment=augment,
+                on_epoch=record, should_stop=should_stop)
+    acc, _ = evaluate(model, dataset.x_test, dataset.y_test, prepare=dataset.prepare)
+    return {"format": FORMAT, "layout": flat.layout(), "trajectory": torch.stack(snapshots),
+            "train_s": float(out.train_s), "test_acc": float(acc), "index": index}
+
+
+class ExpertBuffer:
+    """The experts of one key on disk, read lazily (a bounded number kept in memory)."""
+
+    def __init__(self, folder: Path, count: int, flat: FlatParams, epochs: int, info: dict[str, Any]) -> None:
+        self.folder, self.count, self.flat, self.epochs, self.info = folder, count, flat, epochs, info
+        self._cache: OrderedDict[int, Tensor] = OrderedDict()
+        self._keep = max(1, _MAX_CACHED_BYTES // max(1, 4 * flat.numel * (epochs + 1)))
+
+    def trajectory(self, index: int) -> Tensor:
+        """float32 [epochs + 1, P] on the CPU."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        obj = _read_expert(_expert_file(self.folder, index), self.flat, self.epochs)
+        if obj is None:
+            raise DataError(f"{_expert_file(self.folder, index)}: expert trajectory missing or unreadable; "
+                            f"delete {self.folder} to train the experts again")
+        self.keep(index, obj["trajectory"])
+        return obj["trajectory"]
+
+    def keep(self, index: int, trajectory: Tensor) -> None:
+        """Remember a trajectory in memory, dropping the least recently used beyond the bound."""
+        self._cache[index] = trajectory
+        self._cache.move_to_end(index)
+        while len(self._cache) > self._keep:
+            self._cache.popitem(last=False)
+
+
+def ensure_experts(root: Path, dataset, model_factory: Callable[[], nn.Module], spec: ExpertSpec, count: int,
+                   device: torch.device | str, *, progress: ProgressFn | None = None,
+                   should_stop: StopFn | None = None) -> ExpertBuffer:
+    """The first ``count`` experts of this key under ``root``, training (and saving) the missing ones.
+
+    Raises :class:`dpcore.training.Stopped` when ``should_stop`` fires; finished experts stay saved.
+    """
+    device = torch.device(device)
+    probe = model_factory()
+    key, payload = experts_key(dataset, probe, spec)
+    flat = FlatParams(probe)
+    del probe
+    folder = Path(root) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "spec.json").is_file():
+        atomic_write_text(folder / "spec.json", json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    buffer = ExpertBuffer(folder, count, flat, spec.epochs, {})
+    stats: dict[int, tuple[float, float]] = {}  # index -> (train_s, test_acc)
+    missing = []
+    for i in range(count):
+        obj = _read_expert(_expert_file(folder, i), flat, spec.epochs)
+        if obj is None:
+            missing.append(i)
+        else:
+            stats[i] = (float(obj["train_s"]), float(obj["test_acc"]))
+            buffer.keep(i, obj["trajectory"])
+    total = len(missing) * spec.epochs
+    done = 0
+    if progress is not None and missing:
+        progress(0, total, None)
+    data = dataset.to(device) if missing else dataset
+    t0 = time.perf_counter()
+    for i in missing:
+        def on_epoch(epoch: int) -> None:
+            if progress is not None:
+                progress(done + epoch, total, None)
+
+        obj = train_expert(data, model_factory, spec, i, device, on_epoch=on_epoch, should_stop=should_stop)
+        atomic_torch_save(_expert_file(folder, i), obj)
+        stats[i] = (obj["train_s"], obj["test_acc"])
+        buffer.keep(i, obj["trajectory"])
+        done += spec.epochs
+    buffer.info = {
+        "key": key, "folder": str(folder), "count": count, "trained_now": len(missing),
+        "trained_now_s": time.perf_counter() - t0 if missing else 0.0,
+        "train_s": float(sum(s for s, _ in stats.values())),
+        "mean_test_acc": float(np.mean([a for _, a in stats.values()])), "spec": asdict(spec),
+    }
+    return buffer
