@@ -35,7 +35,7 @@ class StubLauncher(Launcher):
         return [sys.executable, "-c", STUB, run_id, self.modes.get(run_id, "ok")]
 
 
-def wait(predicate, timeout=20.0, what=""):
+def wait(predicate, timeout=90.0, what=""):  # an upper bound: generous for loaded CI machines
     end = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > end:
