@@ -18,10 +18,9 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from torch import Tensor
 
 from dpcore.errors import DataError
 from dpcore.safe_load import safe_torch_load
+from dpcore.store import atomic_write
 from dpcore.synthetic.base import SyntheticSet
 
 IMAGES_FILE = "images_best.pt"
@@ -238,20 +238,6 @@ def _validate(images: object, labels: object, dataset, img_src: Path, lab_src: P
 # ---------------------------------------------------------------------------------------- save
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temp file in the same folder, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
 
 def _json_default(obj: object) -> object:
     if isinstance(obj, Tensor):
@@ -272,14 +258,14 @@ def save_synthetic(syn: SyntheticSet, folder: str | os.PathLike[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     images = syn.images.detach().to("cpu", torch.float32).contiguous().clone()
     labels = syn.labels.detach().to("cpu", torch.int64).contiguous().clone()
-    _atomic_write(folder / IMAGES_FILE, lambda f: torch.save(images, f))
-    _atomic_write(folder / LABELS_FILE, lambda f: torch.save(labels, f))
+    atomic_write(folder / IMAGES_FILE, lambda f: torch.save(images, f))
+    atomic_write(folder / LABELS_FILE, lambda f: torch.save(labels, f))
     if syn.lr is not None:
         lr = torch.tensor(float(syn.lr), dtype=torch.float32)
-        _atomic_write(folder / LR_FILES[0], lambda f: torch.save(lr, f))
+        atomic_write(folder / LR_FILES[0], lambda f: torch.save(lr, f))
     for name in LR_FILES[0 if syn.lr is None else 1 :]:  # no stale lr from an earlier set
         with contextlib.suppress(FileNotFoundError):
             (folder / name).unlink()
     text = json.dumps(syn.meta, indent=1, sort_keys=True, default=_json_default, allow_nan=True)
-    _atomic_write(folder / META_FILE, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(folder / META_FILE, lambda f: f.write(text.encode("utf-8")))
     return folder
