@@ -14,11 +14,16 @@ import torch
 from dpcore.safe_load import safe_torch_load
 
 
-def dptui(*args, cwd=None, timeout=300):
-    env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1"}
+def cli_env():
+    # One intra-op thread: tiny models gain nothing from more, and oversubscribed cores slow torch many-fold.
+    env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("DPTUI_RUNS_DIR", None)
+    return env
+
+
+def dptui(*args, cwd=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "dptui", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=cli_env())
 
 
 def test_headless_end_to_end_prints_and_exports_tables(tmp_path, tiny_profile):
@@ -71,7 +76,7 @@ def test_help_everywhere():
     assert "--headless" in dptui("--help").stdout
 
 
-def wait_for(path: Path, needle: str, proc, timeout=120):
+def wait_for(path: Path, needle: str, proc, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if path.exists() and needle in path.read_text():
@@ -88,7 +93,8 @@ def test_killed_headless_run_resumes_to_the_same_masks(tmp_path, tiny_profile):
 
     runs = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "dptui", "--headless", "--profile", str(tiny_profile), *slow,
-                             "--runs-dir", str(runs)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--runs-dir", str(runs)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
     try:
         (run_id,) = [p.name for p in (tmp_path / "full").iterdir() if len(p.name) == 16]
         events = runs / run_id / "events.jsonl"
