@@ -312,3 +312,54 @@ def test_distill_bad_synthetic_file_is_one_line_exit_2(tmp_path, tiny_profile, k
     assert err.count("\n") == 0 and "Traceback" not in err and err.startswith("error: ")
     assert want in err and str(folder) in err
     assert proc.stdout == ""
+
+
+# ------------------------------------------------------------------------------- evaluate.py
+
+
+def test_train_on_synthetic_matches_the_engine_recipe(tmp_path, tiny_profile):
+    """The shared function trains exactly as ``Run.train_synthetic`` does (so the engine can call it)."""
+    from dpcore.config import to_dict
+    from dpcore.engine import Run, load_data, plan_runs
+    from dpcore.masks import full_mask
+    from dpcore.profiles import load_profile
+    from dpcore.synthetic.evaluate import train_on_synthetic
+    from dpcore.training import derive_seed, snapshot
+
+    cfg, _ = load_profile(str(tiny_profile), ["synthetic.epochs=3"])
+    plan = next(p for p in plan_runs(cfg, torch.device("cpu")) if p.method == "distilled")
+    data = load_data(cfg, None, torch.device("cpu"))
+    run = Run(cfg, plan, data, tmp_path / "runs")
+    syn = DISTILLERS["random-subset"].distill(data, ipc=2, seed=0, params={})
+    syn.lr = 0.02  # a learned lr is used (use_learned_lr defaults to true)
+    model = run.new_model()
+    start = snapshot(model)
+    mask = full_mask(model)
+    mask[next(iter(mask))][0] = False
+    run.dir.create(to_dict(cfg))
+    run.start_stage("inner")
+    run.train_synthetic(model, start, mask, syn, 1)
+    ours = run.new_model()
+    out = train_on_synthetic(ours, syn, cfg.synthetic, seed=derive_seed(plan.seed, "synthetic", 1), mask=mask)
+    assert out.steps == 3
+    for (name, a), b in zip(model.state_dict().items(), ours.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(model.state_dict()[next(iter(mask))], start[next(iter(mask))])
+
+
+def test_compiled_forward_falls_back_to_eager(monkeypatch):
+    from dpcore.synthetic import evaluate as ev
+
+    def broken_compile(fn):
+        def run(*args, **kwargs):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(ev.torch, "compile", broken_compile)
+    net = lenet()
+    x = torch.randn(3, *SHAPE)
+    want = net(x)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        with ev.compiled_forward(net) as m:
+            assert torch.equal(m(x), want) and torch.equal(m(x), want)  # second call: eager, no new warning
+    assert "forward" not in vars(net)  # the model is left as it was
