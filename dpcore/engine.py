@@ -26,7 +26,7 @@ import torch
 
 from .analysis.instability import Hooks, instability_analysis
 from .analysis.weights import weight_histograms
-from .augment import DSA, crop_flip
+from .augment import crop_flip
 from .config import AnalysisConfig, Config, to_dict
 from .data import load_dataset
 from .data.dataset import Dataset
@@ -183,19 +183,11 @@ class Run:
         return out, acc
 
     def train_synthetic(self, model, start: dict, mask: Mask, syn: SyntheticSet, key: int):
-        sc = self.cfg.synthetic
-        x, y = syn.images.to(self.device), syn.labels.to(self.device)
-        lr = syn.lr if (sc.use_learned_lr and syn.lr) else sc.lr
-        schedule = Schedule(optimizer="sgd", lr=lr, epochs=sc.epochs, batch_size=sc.batch_size,
-                            momentum=sc.momentum, weight_decay=sc.weight_decay,
-                            milestones=(sc.epochs // 2,), gamma=0.1)
-        augment = None
-        if sc.dsa:
-            dsa = DSA(batchwise=False)  # per-sample params, as MTT trains on its sets
-            augment = lambda xb, gen: dsa(xb, seed=int(torch.randint(2**31 - 1, (1,), generator=gen)))  # noqa: E731
+        from .synthetic.evaluate import train_on_synthetic  # the one recipe, shared with `dptui distill`
+
         restore(model, start)
-        out = train(model, x, y, schedule=schedule, seed=derive_seed(self.seed, "synthetic", key),
-                    mask=mask, augment=augment, on_epoch=self.on_epoch, should_stop=self.should_stop)
+        out = train_on_synthetic(model, syn, self.cfg.synthetic, seed=derive_seed(self.seed, "synthetic", key),
+                                 mask=mask, on_epoch=self.on_epoch, should_stop=self.should_stop)
         acc, _ = evaluate(model, self.ds.x_test, self.ds.y_test, prepare=self.ds.prepare,
                           batch_size=self.cfg.run.eval_batch_size)
         return out, acc
