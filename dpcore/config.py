@@ -132,6 +132,10 @@ class SyntheticConfig:
     momentum: float = spec(0.9, kind=float, check=unit_left_closed)
     weight_decay: float = spec(5e-4, kind=float, check=at_least(0))
     dsa: bool = spec(True, kind=bool, help="DSA augmentation on every synthetic batch")
+    variants: list = spec(default_factory=list, kind=list, check=lambda xs: None if all(isinstance(x, dict) for x in xs)
+                          else "must be a list of tables, e.g. [{method = \"dm\", ipc = 10}]",
+                          help="compare synthetic sources: one distilled run per table of [synthetic] keys "
+                               "(plus an optional name); params and path are not inherited")
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,7 @@ def _check_cross(cfg: Config, where: str) -> None:
             raise ConfigError(f"{where}: unknown key 'model.{key}' for model '{cfg.model.name}'; allowed: {opts}")
     if cfg.data.dataset in ("imagefolder", "npz") and not cfg.data.path:
         raise ConfigError(f"{where}: 'data.path' must name the {cfg.data.dataset} location for dataset '{cfg.data.dataset}'")
+    synthetic_variants(cfg, where)
     if any(m >= 10**6 for m in cfg.train.milestones):
         raise ConfigError(f"{where}: 'train.milestones' are epochs and look too large")
     for key in ("instability_rounds", "histogram_rounds"):
@@ -278,6 +283,53 @@ def _check_cross(cfg: Config, where: str) -> None:
         late = [k for k in cfg.analysis.instability_rewinds if k >= cfg.train.epochs]
         if late:
             raise ConfigError(f"{where}: 'analysis.instability_rewinds' has {late[0]} epochs but train.epochs = {cfg.train.epochs}")
+
+
+@dataclass(frozen=True)
+class SyntheticVariant:
+    """One synthetic source of an experiment: its label in tables and its resolved settings."""
+
+    label: str
+    config: SyntheticConfig
+
+
+def _variant_label(sc: SyntheticConfig) -> str:
+    if sc.path:
+        return sc.path.rstrip("/").rsplit("/", 1)[-1] or sc.path
+    return f"{sc.method} ipc{sc.ipc}"
+
+
+def synthetic_variants(cfg: Config, where: str = "config") -> list[SyntheticVariant]:
+    """The distilled method's sources: ``[synthetic]`` itself, or one per ``synthetic.variants`` table.
+
+    A variant inherits every ``[synthetic]`` setting except ``params`` and ``path``, which describe
+    the source (each distiller has its own hyperparameters)."""
+    sc = cfg.synthetic
+    if not sc.variants:
+        return [SyntheticVariant("", sc)]
+    base = {k: v for k, v in to_dict(sc).items() if k not in ("variants", "params", "path")}
+    out: list[SyntheticVariant] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(sc.variants):
+        section = f"synthetic.variants[{i}]"
+        raw = dict(raw)
+        name = raw.pop("name", "")
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: '{section}.name' = {name!r} must be a string")
+        if "variants" in raw:
+            raise ConfigError(f"{where}: '{section}.variants': a variant cannot have variants")
+        vc = _build(SyntheticConfig, {**base, **raw}, where, section)
+        label = name or _variant_label(vc)
+        key = repr(sorted(to_dict(vc).items()))
+        if key in seen:
+            raise ConfigError(f"{where}: '{section}' has the same source and settings as "
+                              f"synthetic.variants[{seen[key]}]; remove one of them")
+        if label in {v.label for v in out}:
+            raise ConfigError(f"{where}: '{section}' would be labelled '{label}' like an earlier variant; "
+                              "give it a name (name = \"...\")")
+        seen[key] = i
+        out.append(SyntheticVariant(label, vc))
+    return out
 
 
 def to_dict(obj: Any) -> Any:

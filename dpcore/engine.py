@@ -27,7 +27,7 @@ import torch
 from .analysis.instability import Hooks, instability_analysis
 from .analysis.weights import weight_histograms
 from .augment import crop_flip
-from .config import AnalysisConfig, Config, to_dict
+from .config import AnalysisConfig, Config, SyntheticConfig, synthetic_variants, to_dict
 from .data import load_dataset
 from .data.dataset import Dataset
 from .errors import DPError
@@ -55,8 +55,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_identity(cfg: Config, method: str, seed: int, device: torch.device) -> dict:
-    """Everything that determines a run's results, in canonical form (hashed into its id)."""
+def run_identity(cfg: Config, method: str, seed: int, device: torch.device,
+                 synthetic: SyntheticConfig | None = None) -> dict:
+    """Everything that determines a run's results, in canonical form (hashed into its id).
+
+    ``synthetic``: the distilled run's source (one of :func:`synthetic_variants`; default ``[synthetic]``).
+    A variant's label is not part of it: renaming a variant keeps its runs."""
     d = to_dict(cfg)
     ident = {
         "engine": ENGINE_VERSION,
@@ -69,7 +73,7 @@ def run_identity(cfg: Config, method: str, seed: int, device: torch.device) -> d
         "prune": {k: v for k, v in d["prune"].items() if k != "methods"},
     }
     if method == "distilled":
-        ident["synthetic"] = d["synthetic"]
+        ident["synthetic"] = {k: v for k, v in to_dict(synthetic or cfg.synthetic).items() if k != "variants"}
     if cfg.analysis.requested:  # absent for runs without analyses, so their ids do not change
         a = d["analysis"]
         ident["analysis"] = {**{k: v for k, v in a.items() if k != "figures"},
@@ -85,14 +89,24 @@ class RunPlan:
     seed: int
     run_id: str
     identity: dict
+    variant: str = ""  # the synthetic source's label when an experiment compares several
+    synthetic: SyntheticConfig | None = None  # that source's settings (None: [synthetic])
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.variant}" if self.variant else self.method
 
 
 def plan_runs(cfg: Config, device: torch.device) -> list[RunPlan]:
+    """One run per seed x method, and per synthetic variant for ``distilled``."""
+    variants = synthetic_variants(cfg)
     plans = []
     for seed in cfg.run.seeds:
         for method in cfg.prune.methods:
-            ident = run_identity(cfg, method, seed, device)
-            plans.append(RunPlan(method, seed, config_hash(ident), ident))
+            for v in (variants if method == "distilled" else [None]):
+                sc = v.config if v is not None and v.label else None
+                ident = run_identity(cfg, method, seed, device, sc)
+                plans.append(RunPlan(method, seed, config_hash(ident), ident, v.label if v else "", sc))
     return plans
 
 
@@ -125,6 +139,8 @@ class Run:
     def __init__(self, cfg: Config, plan: RunPlan, dataset: Dataset, runs_dir: Path, *,
                  synthetic: Callable[["Run"], SyntheticSet] | None = None,
                  sink: Sink | None = None, should_stop: StopFlag | None = None):
+        if plan.synthetic is not None:  # this run's own synthetic source and training settings
+            cfg = replace(cfg, synthetic=replace(plan.synthetic, variants=[]))
         self.cfg, self.plan, self.ds = cfg, plan, dataset
         self.method, self.seed = plan.method, plan.seed
         self.device = dataset.device
@@ -215,7 +231,8 @@ class Run:
         cfg, method = self.cfg, self.method
         rounds = cfg.prune.rounds
         self.dir.create({**to_dict(cfg), "run": {**to_dict(cfg.run), "method": method, "seed": self.seed,
-                                                  "device": str(self.device), "run_id": self.plan.run_id}})
+                                                  "device": str(self.device), "run_id": self.plan.run_id,
+                                                  **({"variant": self.plan.variant} if self.plan.variant else {})}})
         old = self.dir.read_results()
         if old and old.get("status") == "done" and len(old.get("rounds", [])) == rounds \
                 and not self.analyses_pending(old, cfg.analysis):
@@ -226,7 +243,7 @@ class Run:
         self.results.update({k: old[k] for k in ANALYSIS_KEYS if old and k in old})
         self.event(RunStarted, experiment=cfg.experiment.name, method=method, seed=self.seed,
                    dataset=self.ds.name, model=cfg.model.name, device=str(self.device), rounds=rounds,
-                   resumed_after=len(rows))
+                   resumed_after=len(rows), variant=self.plan.variant)
         try:
             self.loop(rows)
             status = "done"
@@ -249,7 +266,7 @@ class Run:
     def new_results(self, rows: list[dict]) -> dict:
         return {
             "schema": 1, "run_id": self.plan.run_id, "experiment": self.cfg.experiment.name,
-            "method": self.method, "seed": self.seed, "dataset": self.ds.name, "model": self.cfg.model.name,
+            "method": self.method, **({"variant": self.plan.variant} if self.plan.variant else {}), "seed": self.seed, "dataset": self.ds.name, "model": self.cfg.model.name,
             "device": str(self.device), "status": "running", "error": None,
             "rounds_planned": self.cfg.prune.rounds, "fraction": self.cfg.prune.fraction,
             "rewind": {"k": self.cfg.prune.rewind, "unit": self.cfg.prune.rewind_unit, "step": self.rewind_step},
@@ -464,11 +481,13 @@ def synthetic_provider(cfg: Config, runs_dir: Path, data_root: str | Path | None
     from .synthetic.cache import get_or_distill
     from .synthetic.files import load_synthetic
 
-    made: dict[str, SyntheticSet] = {}
+    made: dict[str, SyntheticSet] = {}  # per source (an experiment may compare several)
 
     def provide(run: Run) -> SyntheticSet:
-        sc = cfg.synthetic
-        if "set" not in made:
+        sc = run.cfg.synthetic
+        key = config_hash({k: v for k, v in to_dict(sc).items()
+                           if k in ("method", "path", "ipc", "seed", "params")})
+        if key not in made:
             if sc.path:
                 path = Path(sc.path).expanduser()
                 if not path.exists():
@@ -491,8 +510,8 @@ def synthetic_provider(cfg: Config, runs_dir: Path, data_root: str | Path | None
                     raise Stopped
                 syn.meta["source"] = f"{sc.method} ipc{sc.ipc}"
                 syn.meta["cached"] = cached
-            made["set"] = syn
-        syn = made["set"]
+            made[key] = syn
+        syn = made[key]
         run.event(DistillDone, source=str(syn.meta.get("source")), images=int(syn.images.shape[0]),
                   distill_s=syn.meta.get("distill_s"), cached=bool(syn.meta.get("cached")))
         return syn

@@ -30,6 +30,7 @@ class RunStarted(Event):
     device: str
     rounds: int
     resumed_after: int  # last finished round found on disk (0 = fresh)
+    variant: str = ""  # the distilled run's synthetic source, when an experiment compares several
 
 
 @dataclass(frozen=True)

@@ -65,11 +65,18 @@ def format_cell(value: Any, kind: str) -> str:
     return str(value)
 
 
+def run_label(res: dict) -> str:
+    """A run's group in tables: its method, plus its synthetic source when an experiment compares
+    several ("distilled dm ipc10")."""
+    return f"{res['method']} {res['variant']}" if res.get("variant") else res["method"]
+
+
 def _group(results: list[dict]) -> dict[str, list[dict]]:
     by: dict[str, list[dict]] = {}
     for res in results:
-        by.setdefault(res["method"], []).append(res)
-    return dict(sorted(by.items(), key=lambda kv: (METHOD_ORDER.get(kv[0].split()[0], 9), kv[0])))
+        by.setdefault(run_label(res), []).append(res)
+    # by method, then in the order runs came (an experiment's order of seeds, variants)
+    return dict(sorted(by.items(), key=lambda kv: METHOD_ORDER.get(kv[1][0]["method"].split()[0], 9)))
 
 
 def _round_rows(runs: list[dict]) -> dict[int, list[dict]]:
@@ -142,6 +149,8 @@ def speedup_table(results: list[dict], method: str = "distilled", baseline: str 
 
 
 def distill_note(results: list[dict]) -> str | None:
+    if any(r.get("variant") for r in results):
+        return None  # several sources: the distillers table has them
     for res in results:
         syn = res.get("synthetic")
         if syn:
@@ -152,9 +161,52 @@ def distill_note(results: list[dict]) -> str | None:
     return None
 
 
+def distillers_table(results: list[dict], baseline: str = "imp") -> Table:
+    """Distilled runs of several synthetic sources: per source and round, time-to-distill,
+    time-to-mask and validated accuracy, beside the baseline's at the same round."""
+    cols = [Column("distiller", "distiller", "text"), Column("ipc", "ipc", "int"), Column("round", "round", "int"),
+            Column("sparsity", "sparsity%", "pct"), Column("distill_s", "distill s", "sec"),
+            Column("time_to_mask_s", "t2m s", "sec"), Column("total_s", "distill+t2m s", "sec"),
+            Column("val_acc", "val acc%", "pct"), Column(f"{baseline}_val_acc", f"{baseline} acc%", "pct"),
+            Column(f"{baseline}_t2m", f"{baseline} t2m s", "sec"), Column("speedup", "speed-up", "x"),
+            Column("seeds", "seeds", "int")]
+    table = Table("Distillers", cols)
+    base = _round_rows([r for r in results if r["method"] == baseline])
+    variants: dict[str, list[dict]] = {}
+    for res in results:
+        if res["method"] == "distilled":
+            variants.setdefault(res.get("variant") or (res.get("synthetic") or {}).get("source") or "?", []).append(res)
+    for name, runs in variants.items():
+        syn = [r.get("synthetic") or {} for r in runs]
+        distill = Stat.of([s.get("distill_s") for s in syn])
+        ipc = next((s.get("ipc") for s in syn if s.get("ipc")), None)
+        for rnd, rows in sorted(_round_rows(runs).items()):
+            t2m = Stat.of([r["time_to_mask_s"] for r in rows])
+            ref = Stat.of([r["time_to_mask_s"] for r in base.get(rnd, [])])
+            table.rows.append({
+                "distiller": name, "ipc": ipc, "round": rnd, "sparsity": sum(r["sparsity"] for r in rows) / len(rows),
+                "distill_s": distill, "time_to_mask_s": t2m,
+                "total_s": Stat.of([r["time_to_mask_s"] + (distill.mean if distill else 0.0) for r in rows]),
+                "val_acc": Stat.of([r.get("val_acc") for r in rows]),
+                f"{baseline}_val_acc": Stat.of([r.get("val_acc") for r in base.get(rnd, [])]),
+                f"{baseline}_t2m": ref,
+                "speedup": ref.mean / t2m.mean if ref and t2m and t2m.mean > 0 else None,
+                "seeds": len(rows),
+            })
+    table.notes.append("distill = time-to-distill (once per source, shared by every seed; '-' for a set made "
+                       "elsewhere); t2m = time-to-mask (inner trainings on the synthetic set + pruning); "
+                       f"speed-up = {baseline} t2m / distiller t2m at the same round, time-to-distill apart")
+    if any((r.get("synthetic") or {}).get("cached") for r in results if r["method"] == "distilled"):
+        table.notes.append("a cached set reports the time it took when it was made")
+    return table
+
+
 def experiment_tables(results: list[dict]) -> list[Table]:
     tables = [rounds_table(results)]
-    if {"imp", "distilled"} <= {r["method"] for r in results}:
+    methods = {r["method"] for r in results}
+    if any(r.get("variant") for r in results):
+        tables.append(distillers_table(results))
+    elif {"imp", "distilled"} <= methods:
         tables.append(speedup_table(results))
     note = distill_note(results)
     if note:
@@ -172,19 +224,22 @@ def _rewind_text(res: dict) -> str:
 
 def label_runs(results: list[dict]) -> list[dict]:
     """Copies of ``results`` whose ``method`` tells apart runs that would otherwise be pooled as seeds:
-    the same method with another rewind point ("imp k=1") or from another experiment ("imp [exp]").
+    the same method with another rewind point ("imp k=1") or from another experiment ("imp [exp]"), and
+    distilled runs of different synthetic sources ("distilled dm ipc10").
     The original method stays in ``base_method``."""
     kinds: dict[str, set] = {}
     for res in results:
-        kinds.setdefault(res["method"], set()).add((_rewind_text(res), res.get("experiment", "")))
+        kinds.setdefault(run_label(res), set()).add((_rewind_text(res), res.get("experiment", "")))
     out = []
     for res in results:
-        label, seen = res["method"], kinds[res["method"]]
+        label = run_label(res)
+        seen = kinds[label]
         if len({k for k, _ in seen}) > 1:
             label += " " + _rewind_text(res)
         if len({e for _, e in seen}) > 1:
             label += f" [{res.get('experiment', '')}]"
-        out.append({**res, "method": label, "base_method": res["method"]})
+        # the label already names the variant, so it is dropped from the copy (not appended twice)
+        out.append({**res, "method": label, "variant": "", "base_method": res["method"]})
     return out
 
 

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dpcore.errors import DataError, DPError
+from dpcore.errors import ConfigError, DataError, DPError
 
 
 # --evaluate compiles the model's forward (torch.compile) on a CPU for a conv net trained for at least
@@ -75,9 +76,38 @@ def _interruptible(console: Console):
     return stop, on_sigint
 
 
+def pick_variant(cfg, variant: Optional[str], method: Optional[str], ipc: Optional[int]):
+    """The profile's synthetic source to use: ``[synthetic]``, or one of its ``synthetic.variants``
+    chosen by label (``--variant``) or by ``--method`` (+ ``--ipc``). None: ``--method`` names a
+    distiller the variants do not have (it then replaces the source with its default parameters)."""
+    from dpcore.config import synthetic_variants
+
+    variants = synthetic_variants(cfg)
+    labels = ", ".join(repr(v.label) for v in variants)
+    if variant is not None:
+        if not variants[0].label:
+            raise ConfigError(f"--variant {variant!r}: the profile has no synthetic.variants; "
+                              "use --method/--ipc to choose a source")
+        found = [v for v in variants if v.label == variant]
+        if not found:
+            raise ConfigError(f"--variant {variant!r} is not a synthetic source of the profile; it has {labels}")
+        return found[0]
+    if not variants[0].label:
+        return None if method is not None and method != cfg.synthetic.method else variants[0]
+    if method is None:
+        raise ConfigError(f"the profile compares {len(variants)} synthetic sources; choose one with "
+                          f"--variant ({labels}) or --method")
+    found = [v for v in variants if v.config.method == method and not v.config.path
+             and (ipc is None or v.config.ipc == ipc)]
+    if len(found) > 1:
+        raise ConfigError(f"--method {method}: several synthetic sources match; choose one with --variant "
+                          f"({', '.join(repr(v.label) for v in found)})")
+    return found[0] if found else None
+
+
 def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrides: list[str],
                 runs_dir: Path, data_root: Optional[str], out: Optional[Path], do_evaluate: bool,
-                as_json: bool, compile: Optional[bool] = None) -> dict[str, Any]:
+                as_json: bool, compile: Optional[bool] = None, variant: Optional[str] = None) -> dict[str, Any]:
     import torch
 
     from dpcore.engine import load_data, resolve_device
@@ -86,17 +116,15 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
     from dpcore.synthetic import get_or_distill, load_synthetic, save_synthetic
     from dpcore.synthetic.evaluate import evaluate_synthetic
 
-    extra: list[str] = []
-    if method is not None:
-        base, _ = load_profile(profile)
-        if method != base.synthetic.method:  # the profile's [synthetic.params] belong to its own method
-            extra.append("synthetic.params={}")
-        extra += [f"synthetic.method={json.dumps(method)}", 'synthetic.path=""']
-    extra += overrides
+    cfg, _ = load_profile(profile, overrides)
+    chosen = pick_variant(cfg, variant, method, ipc)
+    if chosen is None:  # --method names another distiller: its defaults, not the profile's params (--set may add)
+        cfg, _ = load_profile(profile, ["synthetic.params={}", f"synthetic.method={json.dumps(method)}",
+                                        'synthetic.path=""', "synthetic.variants=[]", *overrides])
+        chosen = pick_variant(cfg, None, None, None)
+    sc = replace(chosen.config, variants=[])
     if ipc is not None:
-        extra.append(f"synthetic.ipc={ipc}")
-    cfg, _ = load_profile(profile, extra)
-    sc = cfg.synthetic
+        sc = replace(sc, ipc=ipc)
     console = Console(stderr=True, highlight=False)
     say = console.print if console.is_terminal and not as_json else (lambda *a, **k: None)
     wall = time.perf_counter()
@@ -143,24 +171,33 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
                 "dataset": ds.name, "whitened": bool(ds.whitened), "cached": cached, "key": key,
                 "distill_s": syn.meta.get("distill_s"), "learned_lr": syn.lr,
             }
-            if do_evaluate:
-                task = bar.add_task(f"train {cfg.model.name} on {len(syn)} images", total=sc.epochs, info="")
-
-                def on_epoch(epoch: int, epochs: int, loss: torch.Tensor) -> None:
-                    bar.update(task, completed=epoch, info=f"loss {float(loss):.3f}")
-
+            if do_evaluate:  # one training per run seed; test_acc is their mean
                 use_compile = compile if compile is not None else _worth_compiling(factory(), sc, len(syn), device)
-                ev = evaluate_synthetic(syn, ds, factory, sc, seed=cfg.run.seeds[0],
-                                        eval_batch_size=cfg.run.eval_batch_size, on_epoch=on_epoch,
-                                        should_stop=stop.is_set, compile=use_compile)
-                result.update(test_acc=ev.test_acc, test_loss=ev.test_loss, train_s=ev.train_s, test_s=ev.test_s,
-                              model=cfg.model.name, model_options=dict(cfg.model.options), epochs=ev.epochs,
-                              steps=ev.steps, lr=ev.lr, batch_size=sc.batch_size, momentum=sc.momentum,
-                              weight_decay=sc.weight_decay, dsa=sc.dsa, seed=cfg.run.seeds[0],
-                              compiled=use_compile)
-                syn.meta["evaluation"] = {k: result[k] for k in ("test_acc", "train_s", "model", "model_options",
-                                                                 "epochs", "lr", "batch_size", "dsa", "seed")}
-                syn.meta["test_acc"] = ev.test_acc
+                evals = []
+                for seed in cfg.run.seeds:
+                    task = bar.add_task(f"train {cfg.model.name} on {len(syn)} images, seed {seed}",
+                                        total=sc.epochs, info="")
+
+                    def on_epoch(epoch: int, epochs: int, loss: torch.Tensor) -> None:
+                        bar.update(task, completed=epoch, info=f"loss {float(loss):.3f}")
+
+                    evals.append(evaluate_synthetic(syn, ds, factory, sc, seed=seed,
+                                                    eval_batch_size=cfg.run.eval_batch_size, on_epoch=on_epoch,
+                                                    should_stop=stop.is_set, compile=use_compile))
+                    bar.remove_task(task)
+                accs = [ev.test_acc for ev in evals]
+                mean = sum(accs) / len(accs)
+                std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
+                result.update(test_acc=mean, test_acc_std=std, test_accs=accs, seeds=list(cfg.run.seeds),
+                              test_loss=sum(ev.test_loss for ev in evals) / len(evals),
+                              train_s=sum(ev.train_s for ev in evals) / len(evals), test_s=evals[0].test_s,
+                              model=cfg.model.name, model_options=dict(cfg.model.options), epochs=evals[0].epochs,
+                              steps=evals[0].steps, lr=evals[0].lr, batch_size=sc.batch_size, momentum=sc.momentum,
+                              weight_decay=sc.weight_decay, dsa=sc.dsa, compiled=use_compile)
+                syn.meta["evaluation"] = {k: result[k] for k in ("test_acc", "test_accs", "train_s", "model",
+                                                                 "model_options", "epochs", "lr", "batch_size",
+                                                                 "dsa", "seeds")}
+                syn.meta["test_acc"] = mean
     except KeyboardInterrupt:
         raise Stopped("stopped by Ctrl-C") from None
     except Exception as err:
@@ -187,12 +224,39 @@ def _report(result: dict[str, Any], console: Console) -> None:
                   + (f"; learned lr {result['learned_lr']:.4g}" if result["learned_lr"] else ""))
     console.print(f"time-to-distill: {t:.1f}s" if t is not None else "time-to-distill: n/a (made elsewhere)")
     if "test_acc" in result:
-        console.print(f"test accuracy of {result['model']} trained on it: {100 * result['test_acc']:.2f}% "
-                      f"({result['epochs']} epochs at lr {result['lr']:.4g}, train {result['train_s']:.1f}s, "
-                      f"test {result['test_s']:.1f}s)")
+        n = len(result["test_accs"])
+        spread = f"±{100 * result['test_acc_std']:.2f} over seeds {', '.join(map(str, result['seeds']))}" if n > 1 else ""
+        console.print(f"test accuracy of {result['model']} trained on it: {100 * result['test_acc']:.2f}%{spread} "
+                      f"({result['epochs']} epochs at lr {result['lr']:.4g}, train {result['train_s']:.1f}s"
+                      f"{' each' if n > 1 else ''}, test {result['test_s']:.1f}s)")
     if result.get("out"):
         console.print(f"written to {result['out']}/")
     console.print(f"[dim]wall {result['wall_s']:.1f}s on {result['device']}[/]")
+
+
+def sources_table(results: list[dict[str, Any]]):
+    """Every synthetic source of a profile (``--variant all``) as one row-model table."""
+    from dpcore.summary import Column, Stat, Table
+
+    cols = [Column("variant", "source", "text"), Column("method", "method", "text"), Column("ipc", "ipc", "int"),
+            Column("images", "images", "int"), Column("distill_s", "distill s", "sec"),
+            Column("cached", "cached", "text")]
+    evaluated = any("test_acc" in r for r in results)
+    if evaluated:
+        cols += [Column("test_acc", "test acc%", "pct"), Column("train_s", "train s", "sec"),
+                 Column("seeds", "seeds", "int")]
+    table = Table("Synthetic sources", cols)
+    for r in results:
+        table.rows.append({"variant": r["variant"], "method": r["method"], "ipc": r["ipc"], "images": r["images"],
+                           "distill_s": r["distill_s"], "cached": "yes" if r["cached"] else "",
+                           "test_acc": Stat.of(r.get("test_accs", [])), "train_s": r.get("train_s"),
+                           "seeds": len(r.get("test_accs", []))})
+    if evaluated:
+        r = next(r for r in results if "test_acc" in r)
+        table.notes.append(f"test acc = {r['model']} trained on each set ({r['epochs']} epochs, SGD, DSA="
+                           f"{'on' if r['dsa'] else 'off'}), tested on the real test split; mean±std over seeds")
+    table.notes.append("distill s = time-to-distill when the set was made (a cached set was made by an earlier run)")
+    return table
 
 
 def register(app: typer.Typer) -> None:
@@ -201,21 +265,44 @@ def register(app: typer.Typer) -> None:
     @app.command("distill")
     def distill_command(profile: str = ProfileOpt,
                         method: Optional[str] = typer.Option(None, "--method", "-m", help="distiller (dm, mtt, gm, random-subset); replaces the profile's synthetic source"),
-                        ipc: Optional[int] = typer.Option(None, "--ipc", help="images per class"),
+                        ipc: Optional[int] = typer.Option(None, "--ipc", min=1, help="images per class"),
+                        variant: Optional[str] = typer.Option(None, "--variant", help="one of the profile's synthetic.variants, by label (e.g. 'dm ipc10'), or 'all'"),
                         overrides: Optional[list[str]] = SetOpt, runs_dir: Optional[Path] = RunsOpt,
                         data_root: Optional[str] = DataOpt,
                         out: Optional[Path] = typer.Option(None, "--out", help="write the set here in MTT's layout (+ lr_best.pt, meta.json)"),
                         evaluate: bool = typer.Option(False, "--evaluate", help="train the profile's model on the set (DSA) and test it on the real test split"),
                         as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
                         compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help=f"torch.compile the model for --evaluate (default: for a conv net on a CPU trained >= {_COMPILE_MIN_STEPS} steps)")) -> None:
-        """Make (or reuse) the profile's synthetic set; with --evaluate, measure how well a model trains on it."""
-        try:
-            result = run_distill(profile, method, ipc, overrides or [], runs_path(runs_dir), data_root, out,
-                                 evaluate, as_json, compile)
-        except Stopped as err:
-            Console(stderr=True, highlight=False).print(f"stopped: {err}", markup=False)
-            raise typer.Exit(130) from None
+        """Make (or reuse) the profile's synthetic set; with --evaluate, measure how well a model trains on it.
+        With --variant all, every synthetic source of a comparison profile, summed up in one table."""
+        labels: list[Optional[str]] = [variant]
+        if variant == "all":
+            from dpcore.config import synthetic_variants
+            from dpcore.profiles import load_profile
+
+            if out is not None:
+                raise ConfigError("--out writes one set; it cannot be combined with --variant all")
+            labels = [v.label for v in synthetic_variants(load_profile(profile, overrides or [])[0])]
+        results = []
+        for label in labels:
+            try:
+                result = run_distill(profile, method, ipc, overrides or [], runs_path(runs_dir), data_root, out,
+                                     evaluate, as_json, compile, label if label else None)
+            except Stopped as err:
+                Console(stderr=True, highlight=False).print(f"stopped: {err}", markup=False)
+                raise typer.Exit(130) from None
+            if variant != "all":
+                if as_json:
+                    sys.stdout.write(json.dumps(result, sort_keys=True, default=str) + "\n")
+                else:
+                    _report(result, Console(highlight=False))
+                return
+            results.append({**result, "variant": label})
+            Console(stderr=True, highlight=False).print(
+                f"{label}: done" + (f", test acc {100 * result['test_acc']:.2f}%" if "test_acc" in result else ""))
         if as_json:
-            sys.stdout.write(json.dumps(result, sort_keys=True, default=str) + "\n")
+            sys.stdout.write(json.dumps(results, sort_keys=True, default=str) + "\n")
         else:
-            _report(result, Console(highlight=False))
+            from .export import to_rich
+
+            Console(highlight=False).print(to_rich(sources_table(results)))

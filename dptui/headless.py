@@ -36,7 +36,7 @@ class LiveDisplay:
     def __call__(self, ev: Event) -> None:
         p, log = self.progress, self.console.print
         if isinstance(ev, RunStarted):
-            self.label = f"{ev.method} seed {ev.seed}"
+            self.label = f"{ev.method}{' ' + ev.variant if ev.variant else ''} seed {ev.seed}"
             resumed = f", resuming after round {ev.resumed_after}" if ev.resumed_after else ""
             log(f"[bold]{self.label}[/] {ev.dataset} / {ev.model} on {ev.device} ({ev.rounds} rounds{resumed}) "
                 f"[dim]{ev.run_id}[/]")

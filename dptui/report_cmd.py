@@ -99,8 +99,7 @@ def report_command(run_dirs: list[Path] = typer.Argument(..., help="run director
 # -- analyze -----------------------------------------------------------------------------------------
 
 def run_config(run_dir: Path):
-    """(config, method, seed, run id) of a run directory, from its resolved config.toml."""
-    from dpcore.config import config_from_dict
+    """(config, method, seed, run id, variant) of a run directory, from its resolved config.toml."""
     from dpcore.profiles import read_toml
 
     path = run_dir / "config.toml"
@@ -112,8 +111,9 @@ def run_config(run_dir: Path):
         method, seed, run_id = run.pop("method"), run.pop("seed"), run.pop("run_id")
     except KeyError as err:
         raise DPError(f"{path}: has no run.{err.args[0]}; it was not written by a run") from None
+    variant = run.pop("variant", "")
     raw["run"] = run
-    return raw, method, int(seed), run_id
+    return raw, method, int(seed), run_id, variant
 
 
 def analyze_command(run_dir: Path = typer.Argument(..., help="the run's directory (<runs>/<run id>)"),
@@ -134,7 +134,7 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
     from .export import to_rich
     from .headless import LiveDisplay
 
-    raw, method, seed, run_id = run_config(run_dir)
+    raw, method, seed, run_id, variant = run_config(run_dir)
     analysis = {**raw.get("analysis", {}), "instability_rounds": parse_ints("--rounds", rounds),
                 "instability_rewinds": parse_ints("--rewinds", rewinds), "alphas": alphas,
                 "bn_recompute": bn_recompute, "histogram_rounds": parse_ints("--histograms", histograms),
@@ -145,7 +145,7 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
     dev = resolve_device(cfg.run.device)
     console = Console(highlight=False)
     display = LiveDisplay(console, 1)
-    display.label = f"{method} seed {seed}"
+    display.label = f"{method}{' ' + variant if variant else ''} seed {seed}"
 
     def on_done(ev) -> None:
         if isinstance(ev, AnalysisDone) and ev.analysis == "instability":
@@ -163,7 +163,7 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
         console.print("[yellow]stopping after the current step (Ctrl-C again to abort)[/]")
 
     dataset = load_data(cfg, data_root, dev)
-    plan = RunPlan(method, seed, run_id, run_identity(cfg, method, seed, dev))
+    plan = RunPlan(method, seed, run_id, run_identity(cfg, method, seed, dev), variant)
     run = Run(cfg, plan, dataset, run_dir.parent, sink=fan_out(display, on_done), should_stop=stop.is_set)
     old = signal.signal(signal.SIGINT, on_sigint)
     from dpcore.training import Stopped

@@ -133,7 +133,7 @@ class CompareScreen(DashScreen):
         if ids != self._options:
             self._options = ids
             pick.clear_options()
-            pick.add_options([(f"{v.experiment} {v.method} s{v.seed} · {v.status}", v.run_id, v.run_id in self.run_ids)
+            pick.add_options([(f"{v.experiment} {v.group} s{v.seed} · {v.status}", v.run_id, v.run_id in self.run_ids)
                               for v in all_views])
         views = self.views()
         key = tuple(views)

@@ -84,7 +84,7 @@ class DetailScreen(DashScreen):
             return
         self._shown = (view, key)
         self.set_title(Text.assemble(
-            (f"{view.experiment or '?'} · {view.method or '?'} seed {view.seed}", "bold"), " · ",
+            (f"{view.experiment or '?'} · {view.group or '?'} seed {view.seed}", "bold"), " · ",
             (view.status, STATUS_STYLE.get(view.status, "")),
             f" · round {len(view.rows)}/{view.rounds_planned or '?'} · ", (self.run_id, "dim"),
             f" · {view.dataset}/{view.model} · {view.device or '?'}"))

@@ -268,7 +268,7 @@ class LaunchScreen(DashScreen):
             notes.append(f"{len(done)} already done")
         if busy:
             notes.append(f"{len(busy)} running or queued")
-        self.plan_text = ", ".join(f"{p.method} s{p.seed}" for p in todo)
+        self.plan_text = ", ".join(f"{p.label} s{p.seed}" for p in todo)
         return [p.run_id for p in todo], notes
 
     def show_status(self) -> None:

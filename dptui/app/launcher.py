@@ -188,7 +188,7 @@ class Launcher:
             except FileExistsError:
                 continue
         atomic_write_text(launch_dir / "profile.toml", dumps(cfg))
-        runs = [{"run_id": p.run_id, "method": p.method, "seed": p.seed, "experiment": cfg.experiment.name,
+        runs = [{"run_id": p.run_id, "method": p.method, "variant": p.variant, "seed": p.seed, "experiment": cfg.experiment.name,
                  "dataset": cfg.data.dataset, "model": cfg.model.name, "device": self.device_type(slots),
                  "rounds": cfg.prune.rounds, "argv": self.argv(launch_dir, p.run_id), "log": f"{p.run_id}.log"}
                 for p in plans]

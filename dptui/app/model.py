@@ -76,7 +76,8 @@ class RunLive:
         if line:
             self.log.append(f"[{max(0.0, ev.t - self.started_t):7.1f}s] {line}")
         if isinstance(ev, RunStarted):
-            self.info = {k: getattr(ev, k) for k in ("experiment", "method", "seed", "dataset", "model", "device")}
+            self.info = {k: getattr(ev, k) for k in ("experiment", "method", "variant", "seed", "dataset", "model",
+                                                     "device")}
             self.status, self.error, self.rounds = "running", None, ev.rounds
             self.rows = {r: row for r, row in self.rows.items() if r <= ev.resumed_after}
             self.stage, self.epoch, self.epochs = "", 0, 0
@@ -109,7 +110,7 @@ def format_event(ev: Event) -> str | None:
     """One human line per event worth logging (epoch progress is not)."""
     if isinstance(ev, RunStarted):
         resumed = f", resuming after round {ev.resumed_after}" if ev.resumed_after else ""
-        return (f"{ev.method} seed {ev.seed}: {ev.dataset} / {ev.model} on {ev.device} "
+        return (f"{ev.method}{' ' + ev.variant if ev.variant else ''} seed {ev.seed}: {ev.dataset} / {ev.model} on {ev.device} "
                 f"({ev.rounds} rounds{resumed})")
     if isinstance(ev, StageStarted):
         return f"{ev.stage}" + (f" (round {ev.round})" if ev.round else "")
@@ -163,6 +164,16 @@ class RunView:
         return self._get("method", "")
 
     @property
+    def variant(self) -> str:
+        """The synthetic source of a distilled run in an experiment comparing several ("" otherwise)."""
+        return self._get("variant", "")
+
+    @property
+    def group(self) -> str:
+        """Method and variant, as tables group runs ("distilled dm ipc10")."""
+        return f"{self.method} {self.variant}" if self.variant else self.method
+
+    @property
     def seed(self) -> int | None:
         return self._get("seed")
 
@@ -198,7 +209,7 @@ class RunView:
     @property
     def label(self) -> str:
         seed = "" if self.seed is None else f" s{self.seed}"
-        return f"{self.experiment or '?'} {self.method or '?'}{seed}"
+        return f"{self.experiment or '?'} {self.group or '?'}{seed}"
 
     @property
     def active(self) -> bool:
@@ -207,7 +218,7 @@ class RunView:
     def results_for_tables(self) -> dict:
         """A results dict for :mod:`dpcore.summary` (also for runs without results.json yet)."""
         res = dict(self.results or {})
-        res.update(run_id=self.run_id, experiment=self.experiment, method=self.method or "?",
+        res.update(run_id=self.run_id, experiment=self.experiment, method=self.method or "?", variant=self.variant,
                    seed=self.seed if self.seed is not None else 0, rounds=self.rows, dense=self.dense,
                    status=self.status)
         if not res.get("synthetic") and self.live and self.live.synthetic:
@@ -215,7 +226,7 @@ class RunView:
         return res
 
     def sort_key(self) -> tuple:
-        return (self.experiment, METHOD_ORDER.get(self.method, 9), self.seed if self.seed is not None else -1,
+        return (self.experiment, METHOD_ORDER.get(self.method, 9), self.variant, self.seed if self.seed is not None else -1,
                 self.run_id)
 
 
@@ -281,7 +292,7 @@ def run_row(v: RunView) -> dict[str, Any]:
     last = rows[-1] if rows else {}
     planned = v.rounds_planned
     return {
-        "experiment": v.experiment, "method": v.method, "seed": v.seed, "status": v.status,
+        "experiment": v.experiment, "method": v.group, "seed": v.seed, "status": v.status,
         "progress": f"{len(rows)}/{planned or '?'}", "sparsity": last.get("sparsity"),
         "best_val": max(vals) if vals else None, "t2m": last.get("time_to_mask_s"),
         "data": f"{v.dataset}/{v.model}" if v.dataset or v.model else "", "device": v.device, "run_id": v.run_id,
