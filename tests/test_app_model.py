@@ -182,3 +182,16 @@ def test_instability_table_with_or_without_the_library_one(monkeypatch):
     table = instability_table(res)
     assert [(r["round"], r["rewind"], round(r["instability"], 2)) for r in table.rows] == \
         [(1, "k=0", 0.02), (2, "k=0", 0.04), (3, "k=0", 0.06)]
+
+
+def test_a_variant_run_is_listed_and_logged_with_its_synthetic_source():
+    live = RunLive("v")
+    live.fold(RunStarted("v", t=1.0, experiment="e", method="distilled", seed=0, dataset="d", model="m",
+                         device="cpu", rounds=2, resumed_after=0, variant="gm ipc10"))
+    live.fold(RoundDone("v", t=2.0, row={"round": 1, "sparsity": 0.2, "val_acc": 0.9, "time_to_mask_s": 1.0}))
+    view = build_view("v", None, live, None)
+    assert view.group == "distilled gm ipc10" and view.label == "e distilled gm ipc10 s0"
+    assert live.log[0].startswith("[    0.0s] distilled gm ipc10 seed 0")
+    (row,) = runs_listing([view]).rows
+    assert row["method"] == "distilled gm ipc10"
+    assert view.results_for_tables()["variant"] == "gm ipc10"
