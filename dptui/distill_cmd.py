@@ -93,7 +93,8 @@ def pick_variant(cfg, variant: Optional[str], method: Optional[str], ipc: Option
             raise ConfigError(f"--variant {variant!r} is not a synthetic source of the profile; it has {labels}")
         return found[0]
     if not variants[0].label:
-        return None if method is not None and method != cfg.synthetic.method else variants[0]
+        replaced = method is not None and (method != cfg.synthetic.method or bool(cfg.synthetic.path))
+        return None if replaced else variants[0]
     if method is None:
         raise ConfigError(f"the profile compares {len(variants)} synthetic sources; choose one with "
                           f"--variant ({labels}) or --method")
