@@ -9,9 +9,9 @@ Per round r (mask m_{r-1} -> m_r):
 IMP's validation of m_r and its inner training in round r+1 are the same computation (same start,
 mask, data and seed), so it runs once and its measured time counts in both places.
 
-After the last round, the ``[analysis]`` section's analyses run (instability of chosen rounds' masks at
-chosen rewind points, weight histograms, figures); each is saved into results.json as it finishes, and a
-resumed run does only the missing ones.
+After the last round, the ``[analysis]`` section's analyses run (:mod:`dpcore.analysis.stage`). A distilled
+run gets its synthetic set from :mod:`dpcore.synthetic.provider`; an experiment may compare several sources
+(``synthetic.variants``), one distilled run each.
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from typing import Callable
 
 import torch
 
-from .analysis.instability import Hooks, instability_analysis
-from .analysis.weights import weight_histograms
+from .analysis.stage import AnalysisStage
 from .augment import crop_flip
-from .config import AnalysisConfig, Config, SyntheticConfig, synthetic_variants, to_dict
+from .config import Config, SyntheticConfig, synthetic_variants, to_dict
 from .data import load_dataset
 from .data.dataset import Dataset
-from .errors import DPError
-from .events import (AnalysisDone, DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted,
+from .errors import DPError, TrainingDiverged
+from .events import (DenseDone, EpochProgress, Event, RoundDone, RoundStarted,
                      RunDone, RunFailed, RunStarted, Sink, StageStarted, fan_out)
 from .masks import (Mask, full_mask, layer_sparsity, magnitude_prune, mask_to_cpu, output_layer_name,
                     prunable, random_prune, remaining_target, sparsity)
@@ -39,6 +38,7 @@ from .models import build_model
 from .store import RunDir, atomic_torch_save, config_hash
 from .safe_load import safe_torch_load
 from .synthetic.base import SyntheticSet
+from .synthetic.provider import synthetic_provider
 from .training import (Schedule, Stopped, Stopwatch, derive_seed, evaluate, restore, snapshot,
                        steps_per_epoch, train)
 
@@ -133,8 +133,8 @@ class Throttle:
         return False
 
 
-class Run:
-    """One method x one seed of an experiment."""
+class Run(AnalysisStage):
+    """One method x one seed of an experiment (its analyses: :class:`AnalysisStage`)."""
 
     def __init__(self, cfg: Config, plan: RunPlan, dataset: Dataset, runs_dir: Path, *,
                  synthetic: Callable[["Run"], SyntheticSet] | None = None,
@@ -207,6 +207,21 @@ class Run:
         acc, _ = evaluate(model, self.ds.x_test, self.ds.y_test, prepare=self.ds.prepare,
                           batch_size=self.cfg.run.eval_batch_size)
         return out, acc
+
+    def check_finite(self, model, mask: Mask, r: int) -> None:
+        """Refuse to rank weights by magnitude after a training that diverged."""
+        bad = next((n for n, p in prunable(model).items() if not bool(torch.isfinite(p).all())), None)
+        if bad is None:
+            return
+        if self.method == "distilled":
+            lr, key = self.cfg.synthetic.lr, "synthetic.lr"
+            if self.cfg.synthetic.use_learned_lr and (self.results.get("synthetic") or {}).get("lr"):
+                lr, key = self.results["synthetic"]["lr"], "the set's learned lr (or synthetic.use_learned_lr = false)"
+            where = "on the synthetic set"
+        else:
+            lr, key, where = self.cfg.train.lr, "train.lr", "on real data"
+        raise TrainingDiverged(f"round {r}: the inner training {where} diverged ({bad} has non-finite weights "
+                               f"training a mask of {100 * sparsity(mask):.1f}% sparsity); lower {key} (now {lr:g})")
 
     def dense_baseline(self, model, init: dict) -> dict:
         """Train the dense net on real data once per (data, model, train, rewind, seed, device); cached."""
@@ -322,6 +337,8 @@ class Run:
                 self.start_stage("inner")
                 out, inner_acc = self.train_synthetic(model, rewind, mask, syn, r - 1)
                 inner_s = out.train_s
+            if method != "random":
+                self.check_finite(model, mask, r)
             self.start_stage("prune")
             watch = Stopwatch(self.device)
             kw = dict(total_round=r, fraction=cfg.prune.fraction, scope=cfg.prune.scope,
@@ -355,168 +372,6 @@ class Run:
             self.dir.write_results(self.results)
             self.event(RoundDone, row=row)
         self.analyze(model, init, dense, cfg.analysis)
-
-    # -- analyses (section 3.3 and appendix B) -------------------------------------------------
-    def rewind_steps(self, spec: AnalysisConfig) -> list[tuple[int, int]]:
-        """(k, global step) of each rewind point the instability analysis starts from."""
-        unit = self.per_epoch if self.cfg.prune.rewind_unit == "epoch" else 1
-        return [(k, k * unit) for k in sorted(set(spec.instability_rewinds or [self.cfg.prune.rewind]))]
-
-    def instability_pending(self, res: dict, spec: AnalysisConfig) -> list[tuple[int, int, int]]:
-        """(round, k, step) of each requested instability analysis not yet in ``res``."""
-        done = {(e["round"], e["rewind"]["step"], len(e["alphas"]), e["bn_recompute"])
-                for e in res.get("instability", [])}
-        return [(r, k, step) for r in sorted(set(spec.instability_rounds)) for k, step in self.rewind_steps(spec)
-                if (r, step, spec.alphas, spec.bn_recompute) not in done]
-
-    def analyses_pending(self, res: dict, spec: AnalysisConfig) -> bool:
-        hist = res.get("weight_histograms") or {}
-        have = {h["round"] for h in hist.get("rounds", [])}
-        figures = res.get("figures")
-        return bool(self.instability_pending(res, spec)
-                    or (spec.histogram_rounds and (not set(spec.histogram_rounds) <= have or hist.get("bins") != spec.bins))
-                    or (spec.figures and (not figures or not all((self.dir.path / f).exists() for f in figures))))
-
-    def rewind_state(self, model, step: int, init: dict, dense: dict) -> dict:
-        """The dense training's state at global ``step`` (init for 0); other steps than the run's own
-        are captured by a short dense training and cached beside the dense baseline."""
-        if step == 0:
-            return init
-        if step == self.rewind_step and dense.get("rewind") is not None:
-            return dense["rewind"]
-        ident = {k: self.plan.identity[k] for k in ("engine", "seed", "device", "data", "model", "train")}
-        ident["capture_step"] = step
-        path = self.runs_dir / "cache" / "rewind" / f"{config_hash(ident)}.pt"
-        if path.exists():
-            return safe_torch_load(path)["state"]
-        state, seconds = self.capture_rewind(model, init, step)
-        atomic_torch_save(path, {"state": state, "capture_s": seconds, "step": step})
-        return state
-
-    def capture_rewind(self, model, init: dict, step: int) -> tuple[dict, float]:
-        """Replay the dense training (same seed, order and schedule) just far enough to reach ``step``."""
-        self.start_stage("rewind")
-        restore(model, init)
-        schedule = replace(self.real_schedule, epochs=-(-step // self.per_epoch))
-        out = train(model, self.ds.x_train, self.ds.y_train, schedule=schedule, seed=derive_seed(self.seed, "real", 0),
-                    prepare=self.ds.prepare, mask=full_mask(model), augment=self.real_augment(), capture_step=step,
-                    on_epoch=self.on_epoch, should_stop=self.should_stop)
-        if out.capture is None:
-            raise DPError(f"rewind step {step} is past the end of training ({out.steps} steps)")
-        return out.capture, out.capture_s or 0.0
-
-    def mask_at(self, r: int, model) -> Mask:
-        if r == 0:
-            return full_mask(model)
-        return {n: m.to(self.device) for n, m in self.dir.load_mask(r).items()}
-
-    def sparsity_at(self, r: int) -> float:
-        rows = {row["round"]: row for row in self.results["rounds"]}
-        return rows[r]["sparsity"] if r in rows else 0.0
-
-    def analyze(self, model, init: dict, dense: dict, spec: AnalysisConfig) -> None:
-        """Run the analyses ``spec`` asks for that ``self.results`` lacks; saves after each one."""
-        unit = self.cfg.prune.rewind_unit
-        hooks = Hooks(stage=self.start_stage, epoch=self.on_epoch, should_stop=self.should_stop)
-        for r, k, step in self.instability_pending(self.results, spec):
-            self.round = r
-            start = self.rewind_state(model, step, init, dense)
-            res = instability_analysis(model, start, self.mask_at(r, model), self.ds, schedule=self.real_schedule,
-                                       seed=derive_seed(self.seed, "instability"), start_step=step,
-                                       augment=self.real_augment(), alphas=spec.alphas, bn_recompute=spec.bn_recompute,
-                                       eval_batch_size=self.cfg.run.eval_batch_size, hooks=hooks)
-            entry = {"round": r, "sparsity": self.sparsity_at(r), "rewind": {"k": k, "unit": unit, "step": step},
-                     "alphas": res.curve.alphas, "test_acc": res.curve.test_acc, "test_loss": res.curve.test_loss,
-                     "instability": res.curve.instability, "barrier": res.curve.barrier,
-                     "end_acc": list(res.end_acc), "end_loss": list(res.end_loss), "bn_recompute": spec.bn_recompute,
-                     "train_s": list(res.train_s), "eval_s": res.eval_s, "copy_seeds": list(res.seeds)}
-            entries = [e for e in self.results.get("instability", [])
-                       if (e["round"], e["rewind"]["step"], len(e["alphas"]), e["bn_recompute"])
-                       != (r, step, spec.alphas, spec.bn_recompute)] + [entry]
-            self.results["instability"] = sorted(entries, key=lambda e: (e["round"], e["rewind"]["step"],
-                                                                         len(e["alphas"]), e["bn_recompute"]))
-            self.dir.write_results(self.results)
-            self.event(AnalysisDone, analysis="instability", round=r,
-                       result={k2: entry[k2] for k2 in ("sparsity", "rewind", "instability", "barrier", "end_acc")})
-        if spec.histogram_rounds:
-            old = self.results.get("weight_histograms") or {}
-            rounds = set(spec.histogram_rounds)
-            if old.get("bins") == spec.bins:
-                rounds |= {h["round"] for h in old.get("rounds", [])}
-            self.results["weight_histograms"] = weight_histograms(
-                init, {r: self.mask_at(r, model) for r in sorted(rounds)}, {r: self.sparsity_at(r) for r in rounds},
-                bins=spec.bins)
-            self.dir.write_results(self.results)
-            self.event(AnalysisDone, analysis="histograms", round=max(rounds), result={"rounds": sorted(rounds)})
-        if spec.figures:
-            from .analysis.figures import run_figures
-
-            self.start_stage("figures")
-            paths = run_figures(self.results, self.dir.path / "figures")
-            self.results["figures"] = [str(p.relative_to(self.dir.path)) for p in paths]
-            self.dir.write_results(self.results)
-            self.event(AnalysisDone, analysis="figures", round=self.round, result={"files": self.results["figures"]})
-
-    def run_analyses(self, spec: AnalysisConfig) -> dict:
-        """Analyses on a run whose rounds are on disk (``dptui analyze``); returns the updated results."""
-        old = self.dir.read_results()
-        if not old or not old.get("rounds"):
-            raise DPError(f"{self.dir.path}: no finished rounds to analyse; run it first")
-        done = len(old["rounds"])
-        late = [r for r in [*spec.instability_rounds, *spec.histogram_rounds] if r > done]
-        if late:
-            raise DPError(f"{self.dir.path}: round {late[0]} is not finished (the run has {done} rounds)")
-        self.results = old
-        model, init, dense = self.start_point()
-        try:
-            self.analyze(model, init, dense, spec)
-        finally:
-            self.results["updated_at"] = time.time()
-            self.dir.write_results(self.results)
-        return self.results
-
-
-def synthetic_provider(cfg: Config, runs_dir: Path, data_root: str | Path | None):
-    """Loads or distills the synthetic set once, on first use, and shares it between runs."""
-    from .synthetic.cache import get_or_distill
-    from .synthetic.files import load_synthetic
-
-    made: dict[str, SyntheticSet] = {}  # per source (an experiment may compare several)
-
-    def provide(run: Run) -> SyntheticSet:
-        sc = run.cfg.synthetic
-        key = config_hash({k: v for k, v in to_dict(sc).items()
-                           if k in ("method", "path", "ipc", "seed", "params")})
-        if key not in made:
-            if sc.path:
-                path = Path(sc.path).expanduser()
-                if not path.exists():
-                    path = Path(data_root or cfg.data.root or "data") / sc.path
-                syn = load_synthetic(path, run.ds)
-                syn.meta.setdefault("source", str(path))
-                syn.meta["cached"] = True
-            else:
-                def progress(step: int, total: int, loss: float | None) -> None:
-                    run.on_epoch(step, total, torch.tensor(float("nan") if loss is None else loss))
-
-                model_spec = {"name": cfg.model.name, **cfg.model.options}
-                factory = lambda: build_model(cfg.model.name, num_classes=run.ds.num_classes,  # noqa: E731
-                                              in_shape=run.ds.shape, **cfg.model.options).to(run.device)
-                syn, cached = get_or_distill(Path(runs_dir) / "cache" / "synthetic", run.ds, method=sc.method,
-                                             ipc=sc.ipc, model=model_spec, model_factory=factory, seed=sc.seed,
-                                             device=run.device, params=dict(sc.params), progress=progress,
-                                             should_stop=run.should_stop)
-                if syn.meta.get("stopped"):
-                    raise Stopped
-                syn.meta["source"] = f"{sc.method} ipc{sc.ipc}"
-                syn.meta["cached"] = cached
-            made[key] = syn
-        syn = made[key]
-        run.event(DistillDone, source=str(syn.meta.get("source")), images=int(syn.images.shape[0]),
-                  distill_s=syn.meta.get("distill_s"), cached=bool(syn.meta.get("cached")))
-        return syn
-
-    return provide
 
 
 def run_experiment(cfg: Config, runs_dir: str | Path, *, data_root: str | Path | None = None,

@@ -16,5 +16,10 @@ class DataError(DPError):
     """A dataset or synthetic set cannot be read or does not match."""
 
 
+class TrainingDiverged(RuntimeError):
+    """A training ended with non-finite weights: its run fails (a magnitude ranking of NaNs means
+    nothing), the experiment's other runs go on."""
+
+
 class DataWarning(UserWarning):
     """Something about the data is unusual but usable (e.g. a checksum mismatch)."""
