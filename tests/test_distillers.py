@@ -175,6 +175,16 @@ def test_dm_embedder_spec(ds):
                                      params={"iterations": 1, "embedder": bad})
 
 
+def test_a_diverging_distillation_is_one_clear_error_and_nothing_is_cached(tmp_path, ds):
+    from dpcore.errors import DataError
+
+    with pytest.raises(DataError) as err:
+        get_or_distill(tmp_path / "cache", ds, method="dm", ipc=1, model=LENET, model_factory=lenet, seed=0,
+                       device="cpu", params={"iterations": 20, "batch_real": 8, "lr_img": 1e38})
+    assert "lower lr_img (now 1e+38)" in str(err.value) and "\n" not in str(err.value)
+    assert not any((tmp_path / "cache").glob("*/images_best.pt"))
+
+
 # ------------------------------------------------------------------------------------------ cache
 
 

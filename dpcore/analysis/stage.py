@@ -115,7 +115,7 @@ class AnalysisStage:
             self.dir.write_results(self.results)
             self.event(AnalysisDone, analysis="histograms", round=max(rounds), result={"rounds": sorted(rounds)})
         if spec.figures:
-            from .analysis.figures import run_figures
+            from .figures import run_figures
 
             self.start_stage("figures")
             paths = run_figures(self.results, self.dir.path / "figures")

@@ -185,6 +185,11 @@ def get_or_distill(
     syn.meta.update(key=key, model=canon_model)
     if syn.meta.get("stopped"):
         return syn, False
+    bad = int((~torch.isfinite(syn.images)).sum())
+    if bad:  # never cache, or train on, a diverged set
+        lrs = ", ".join(f"{k} = {v:g}" for k, v in merged.items() if k.startswith("lr") and isinstance(v, (int, float)))
+        raise DataError(f"synthetic method '{method}' (ipc {ipc}) diverged: {bad} image values are NaN/inf; "
+                        f"lower its learning rate in synthetic.params ({lrs or 'see its defaults'})")
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     _sweep_stale(cache_dir)

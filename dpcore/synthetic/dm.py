@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dpcore.errors import ConfigError
+from dpcore.errors import ConfigError, DataError
 from dpcore.synthetic.base import (
     ProgressFn,
     StopFn,
@@ -161,8 +161,13 @@ class DistributionMatching:
                 images.sub_(velocity, alpha=lr_img)
             losses[it] = loss.detach()
             done = it + 1
-            if progress is not None and (done % report_every == 0 or done == total):
-                progress(done, total, float(loss.detach()))
+            if done % report_every == 0 or done == total:  # a sync every total/200 iterations
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise DataError(f"synthetic method 'dm': the matching loss became {value} by iteration {done}; "
+                                    f"lower lr_img (now {lr_img:g})")
+                if progress is not None:
+                    progress(done, total, value)
 
         hist = losses[:done].cpu()
         stride = max(1, math.ceil(done / _MAX_CURVE_POINTS))
