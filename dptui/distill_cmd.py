@@ -244,18 +244,19 @@ def sources_table(results: list[dict[str, Any]]):
             Column("cached", "cached", "text")]
     evaluated = any("test_acc" in r for r in results)
     if evaluated:
-        cols += [Column("test_acc", "test acc%", "pct"), Column("train_s", "train s", "sec"),
-                 Column("seeds", "seeds", "int")]
+        cols += [Column("lr", "train lr", "num"), Column("test_acc", "test acc%", "pct"),
+                 Column("train_s", "train s", "sec"), Column("seeds", "seeds", "int")]
     table = Table("Synthetic sources", cols)
     for r in results:
         table.rows.append({"variant": r["variant"], "method": r["method"], "ipc": r["ipc"], "images": r["images"],
                            "distill_s": r["distill_s"], "cached": "yes" if r["cached"] else "",
-                           "test_acc": Stat.of(r.get("test_accs", [])), "train_s": r.get("train_s"),
+                           "lr": r.get("lr"), "test_acc": Stat.of(r.get("test_accs", [])), "train_s": r.get("train_s"),
                            "seeds": len(r.get("test_accs", []))})
     if evaluated:
         r = next(r for r in results if "test_acc" in r)
         table.notes.append(f"test acc = {r['model']} trained on each set ({r['epochs']} epochs, SGD, DSA="
-                           f"{'on' if r['dsa'] else 'off'}), tested on the real test split; mean±std over seeds")
+                           f"{'on' if r['dsa'] else 'off'}; train lr = the set's learned lr if it has one), tested on the real test "
+                           "split; mean±std over seeds")
     table.notes.append("distill s = time-to-distill when the set was made (a cached set was made by an earlier run)")
     return table
 
