@@ -8,7 +8,7 @@ from textual_plotext import PlotextPlot
 from app_fixtures import (CIFAR, DIST0, DIST1, IMP0, IMP1, RAND0, demo_store, make_test_app, round_row, run_async,
                           screen_text, wait_for)
 from dpcore.summary import experiment_tables
-from dptui.app.compare_screen import curves
+from dptui.app.compare_screen import curves, t2m_summary
 from dptui.app.model import build_view
 from dptui.app.widgets import RowTable
 from dptui.export import to_html, to_markdown
@@ -36,6 +36,21 @@ def test_curves_average_seeds_per_method_and_keep_the_dense_line(tmp_path):
     cifar = build_view(CIFAR, json.loads((runs / CIFAR / "results.json").read_text()), None, None)
     lines, _ = curves(views[:1] + [cifar])
     assert [name for name, _, _ in lines] == ["cifar/imp", "demo/imp"]  # two experiments
+
+
+def test_curves_and_time_to_mask_name_each_synthetic_source(tmp_path):
+    runs = demo_store(tmp_path)
+    imp = json.loads((runs / IMP0 / "results.json").read_text())
+    dist = json.loads((runs / DIST0 / "results.json").read_text())
+    other = {**dist, "run_id": "v2", "variant": "gm ipc10",
+             "rounds": [{**r, "time_to_mask_s": r["time_to_mask_s"] * 2} for r in dist["rounds"]]}
+    views = [build_view(r["run_id"], r, None, None) for r in (imp, {**dist, "variant": "dm ipc10"}, other)]
+    lines, _ = curves(views)
+    assert [name for name, _, _ in lines] == ["imp", "distilled dm ipc10", "distilled gm ipc10"]
+    text = t2m_summary(views).plain
+    deepest = imp["rounds"][-1]["time_to_mask_s"] / dist["rounds"][-1]["time_to_mask_s"]
+    assert f"dm ipc10 {deepest:.2f}x" in text and f"gm ipc10 {deepest / 2:.2f}x" in text
+    assert "distilled " + f"{deepest:.2f}x faster" not in text  # no single "distilled" speed-up
 
 
 @run_async

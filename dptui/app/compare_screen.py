@@ -58,11 +58,15 @@ def t2m_summary(views: list[RunView]) -> Text:
             if row["method"] != "dense":
                 last[row["method"]] = row
         parts = [f"{m} {secs(mean(r.get('time_to_mask_s')))} @ {pct(r['sparsity'])}" for m, r in last.items()]
-        tables = experiment_tables(results)
-        if len(tables) > 1 and tables[1].rows:
-            best = tables[1].rows[-1]
-            if best.get("speedup"):
+        for t in experiment_tables(results)[1:]:
+            if t.title.startswith("Speed-up") and t.rows and t.rows[-1].get("speedup"):
+                best = t.rows[-1]
                 parts.append(f"distilled {best['speedup']:.2f}x faster than imp at {pct(best['sparsity'])}")
+            elif t.title == "Distillers":  # several synthetic sources: each one's speed-up at its deepest round
+                deepest = {row["distiller"]: row for row in t.rows if row.get("speedup")}
+                if deepest:
+                    parts.append("speed-up over imp: " + ", ".join(
+                        f"{name} {row['speedup']:.2f}x @ {pct(row['sparsity'])}" for name, row in deepest.items()))
         out.append(f"{exp}: ", style="bold")
         out.append("time-to-mask " + ("; ".join(parts) if parts else "- (no finished rounds)") + "\n")
     out.rstrip()
