@@ -2,6 +2,7 @@
 
     python scripts/screenshots.py                  # about 2-4 minutes on 2 CPU cores
     python scripts/screenshots.py --store /tmp/s   # keep (and on later calls reuse) the run store
+    python scripts/screenshots.py --distillers runs   # Compare over a finished `mnist-distillers` experiment
 
 1. Builds a run store of real runs (unless ``--store`` already has them): the quickstart profile made small
    (one seed, 4 rounds, 2 epochs, a 100-step DM set; the instability analysis of round 2 where the engine
@@ -134,10 +135,48 @@ async def shoot(runs: Path, bad_id: str, live_id: str) -> list[str]:
     return saved
 
 
+async def shoot_distillers(runs: Path, profile: str) -> list[str]:
+    """Compare over the runs of a distiller-comparison profile already in ``runs`` (real results)."""
+    import torch
+
+    from dpcore.engine import plan_runs
+    from dpcore.profiles import load_profile
+    from dptui.app import make_app
+
+    cfg, _ = load_profile(profile)
+    ids = [p.run_id for p in plan_runs(cfg, torch.device("cpu"))]
+    app = make_app(runs, blink=False, poll_s=0.3, follow_s=0.2, gpu_count=0)
+    saved = []
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(600):
+            if app.loaded and all(app.views.get(r) and app.views[r].status == "done" for r in ids):
+                break
+            await pilot.pause(0.05)
+        missing = [r for r in ids if not (app.views.get(r) and app.views[r].status == "done")]
+        if missing:
+            raise SystemExit(f"{runs}: {len(missing)} runs of {profile} are not done; run it first")
+        app.open_compare(sorted(ids, key=lambda r: app.views[r].sort_key()))
+        for name, keys in (("compare-distillers", []), ("compare-distillers-table", ["t"])):
+            for key in keys:
+                await pilot.press(key)
+            await pilot.pause(1.0)
+            app.save_screenshot(filename=f"{name}.svg", path=str(OUT))
+            saved.append(f"{name}.svg")
+    return saved
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="folder for the run store (default: a temporary one)")
+    parser.add_argument("--distillers", type=Path, metavar="RUNS",
+                        help="only shoot Compare over the mnist-distillers runs in this run store")
     args = parser.parse_args()
+    if args.distillers:
+        store = args.distillers.resolve()
+        os.chdir(store.parent)  # the app shows the store by its folder name
+        saved = asyncio.run(shoot_distillers(Path(store.name), "mnist-distillers"))
+        print(f"saved {', '.join(saved)} in {OUT}")
+        return 0
     base = args.store or Path(tempfile.mkdtemp(prefix="dptui-screenshots-"))
     base.mkdir(parents=True, exist_ok=True)
     os.chdir(base)  # the app shows the store as "runs"
