@@ -195,3 +195,19 @@ def test_a_variant_run_is_listed_and_logged_with_its_synthetic_source():
     (row,) = runs_listing([view]).rows
     assert row["method"] == "distilled gm ipc10"
     assert view.results_for_tables()["variant"] == "gm ipc10"
+
+
+def test_config_for_run_keeps_a_variant_runs_source_and_label(tmp_path, tiny_profile):
+    import torch
+
+    from dpcore.engine import plan_runs, run_experiment
+
+    variants = ('synthetic.variants=[{method="random-subset"}, '
+                '{name="dm-3", method="dm", params={iterations=3, batch_real=16}}]')
+    cfg, _ = load_profile(str(tiny_profile), [variants, "prune.methods=['distilled']", "prune.rounds=1"])
+    results = run_experiment(cfg, tmp_path)
+    for res in results:
+        again, _ = config_for_run(tmp_path, res["run_id"])
+        (plan,) = plan_runs(again, torch.device("cpu"))
+        assert (plan.run_id, plan.variant) == (res["run_id"], res["variant"])
+    assert again.synthetic.method == "dm" and again.synthetic.params["iterations"] == 3

@@ -334,9 +334,14 @@ def config_for_run(runs_dir: Path, run_id: str) -> tuple[Config, str]:
     run = dict(raw.get("run", {}))
     method, seed, device = run.pop("method", None), run.pop("seed", None), str(run.pop("device", "cpu"))
     run.pop("run_id", None)
+    variant = run.pop("variant", "")
     device = "cuda" if device.startswith("cuda") else "cpu"
     run.update(seeds=[seed], device=device)
     raw = {**raw, "run": run, "prune": {**raw.get("prune", {}), "methods": [method]}}
+    if variant:  # one of several synthetic sources: keep its label (its settings are [synthetic] already)
+        syn = raw.get("synthetic", {})
+        raw["synthetic"] = {**syn, "variants": [{"name": variant, "params": syn.get("params", {}),
+                                                 "path": syn.get("path", "")}]}
     cfg = config_from_dict(raw, where=str(path))
     plans = plan_runs(cfg, torch.device(device))
     if [p.run_id for p in plans] != [run_id]:
