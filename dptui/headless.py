@@ -52,8 +52,11 @@ class LiveDisplay:
         elif isinstance(ev, DenseDone):
             log(f"  dense: test acc {100 * ev.test_acc:.2f}%, train {ev.train_s:.1f}s" + (" (cached)" if ev.cached else ""))
         elif isinstance(ev, DistillDone):
-            t = f"{ev.distill_s:.1f}s" if ev.distill_s is not None else "n/a"
-            log(f"  synthetic set: {ev.source}, {ev.images} images, time-to-distill {t}" + (" (cached)" if ev.cached else ""))
+            if ev.distill_s is None:  # a file made elsewhere
+                t = "n/a (made elsewhere)"
+            else:
+                t = f"{ev.distill_s:.1f}s" + (" (cached)" if ev.cached else "")
+            log(f"  synthetic set: {ev.source}, {ev.images} images, time-to-distill {t}")
         elif isinstance(ev, RoundDone):
             r = ev.row
             val = f"val {100 * r['val_acc']:.2f}%" if r["val_acc"] is not None else "not validated"
