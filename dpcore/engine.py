@@ -307,8 +307,10 @@ class Run(AnalysisStage):
         if method == "distilled":
             self.start_stage("distill")
             syn = self.get_synthetic(self)
+            counts = set(syn.class_counts(self.ds.num_classes))
+            ipc = syn.meta.get("ipc") or (counts.pop() if len(counts) == 1 else None)  # files: from their labels
             self.results["synthetic"] = {"source": syn.meta.get("source", syn.meta.get("method", "file")),
-                                         "images": int(syn.images.shape[0]), "ipc": syn.meta.get("ipc"),
+                                         "images": int(syn.images.shape[0]), "ipc": ipc,
                                          "distill_s": syn.meta.get("distill_s"), "cached": syn.meta.get("cached", False),
                                          "lr": syn.lr}
         # The training of mask m_r on real data from the rewind point, kept for IMP's next round.

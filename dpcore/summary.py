@@ -197,7 +197,8 @@ def distillers_table(results: list[dict], baseline: str = "imp") -> Table:
     table.notes.append("distill = time-to-distill (once per source, shared by every seed; '-' for a set made "
                        "elsewhere); t2m = time-to-mask (inner trainings on the synthetic set + pruning); "
                        f"speed-up = {baseline} t2m / distiller t2m at the same round, time-to-distill apart")
-    if any((r.get("synthetic") or {}).get("cached") for r in results if r["method"] == "distilled"):
+    if any((r.get("synthetic") or {}).get("cached") and (r.get("synthetic") or {}).get("distill_s") is not None
+           for r in results if r["method"] == "distilled"):
         table.notes.append("a cached set reports the time it took when it was made")
     return table
 

@@ -125,3 +125,19 @@ def test_a_diverged_inner_training_fails_its_run_and_the_others_go_on(tmp_path, 
     assert by["hot"]["status"] == "failed" and by["hot"]["rounds"] == []
     assert "diverged" in by["hot"]["error"] and "lower synthetic.lr (now 1e+12)" in by["hot"]["error"]
     assert all(by[k]["status"] == "done" for k in ("imp", "dm ipc2", "random"))
+
+
+def test_a_set_from_files_is_a_source_with_its_ipc_from_its_labels(tmp_path, tiny_profile):
+    folder = tmp_path / "made-elsewhere"
+    folder.mkdir()
+    torch.save(torch.randn(8, 1, 8, 8), folder / "images_best.pt")
+    torch.save(torch.arange(4).repeat_interleave(2), folder / "labels_best.pt")
+    cfg, _ = load_profile(str(tiny_profile), [f'synthetic.variants=[{{path="{folder}"}}, {{method="random-subset"}}]',
+                                              "prune.methods=['distilled']", "prune.rounds=1"])
+    files, subset = run_experiment(cfg, tmp_path / "runs")
+    assert files["variant"] == "made-elsewhere" and files["synthetic"]["ipc"] == 2
+    assert files["synthetic"]["distill_s"] is None and subset["synthetic"]["distill_s"] is not None
+    (table,) = [t for t in experiment_tables([files, subset]) if t.title == "Distillers"]
+    assert [(r["distiller"], r["ipc"], r["distill_s"]) for r in table.rows] == \
+        [("made-elsewhere", 2, None), ("random-subset ipc2", 2, subset["synthetic"]["distill_s"])]
+    assert not any("cached set" in note for note in table.notes)
