@@ -130,3 +130,21 @@ async def test_picking_another_profile_shows_its_settings(tmp_path, tiny_profile
                        field(app, "data.dataset").value == "mnist-embedded", what="quickstart's settings")
         assert field(app, "prune.rounds").value == str(load_profile("quickstart")[0].prune.rounds)
         assert "quickstart" in screen_text(app)
+
+
+@run_async
+async def test_a_profile_with_synthetic_variants_plans_one_distilled_run_per_source(tmp_path, tiny_profile):
+    text = tiny_profile.read_text().replace("[prune]", '[[synthetic.variants]]\nmethod = "random-subset"\n\n'
+                                            '[[synthetic.variants]]\nname = "dm-1"\nmethod = "dm"\nipc = 1\n\n[prune]')
+    path = tmp_path / "variants.toml"
+    path.write_text(text)
+    app = make_test_app(tmp_path / "runs", profile=str(path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_launch(app, pilot)
+        assert field(app, "synthetic.variants").value == '[{method = "random-subset"}, {name = "dm-1", method = "dm", ipc = 1}]'
+        await wait_for(pilot, lambda: "valid" in status(app))
+        assert "4 run(s) to start: imp s0, distilled random-subset ipc2 s0, distilled dm-1 s0, random s0" in status(app)
+        field(app, "synthetic.variants").focus()
+        await pilot.press("end", "left", "left", "backspace", "0")  # ipc = 1 -> ipc = 0
+        await wait_for(pilot, lambda: "✗" in status(app))
+        assert "'synthetic.variants[1].ipc' = 0 must be >= 1" in status(app)
