@@ -177,6 +177,9 @@ class RunConfig:
     seeds: list = spec(default_factory=lambda: [0], kind=list, check=non_empty_ints)
     device: str = spec("auto", kind=str, check=device_name)
     eval_batch_size: int = spec(2048, kind=int, check=at_least(1))
+    threads: int = spec(0, kind=int, check=at_least(0),
+                        help="CPU threads for torch (0 = torch's default); CPU results depend on it, so a set "
+                             "value is part of each run's identity")
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def apply_threads(cfg: Config) -> None:
+    """``run.threads`` > 0 sets torch's intra-op thread count for this process."""
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+
+
 def run_identity(cfg: Config, method: str, seed: int, device: torch.device,
                  synthetic: SyntheticConfig | None = None) -> dict:
     """Everything that determines a run's results, in canonical form (hashed into its id).
@@ -72,6 +78,8 @@ def run_identity(cfg: Config, method: str, seed: int, device: torch.device,
         "train": d["train"],
         "prune": {k: v for k, v in d["prune"].items() if k != "methods"},
     }
+    if cfg.run.threads and device.type == "cpu":  # absent when unset, so existing ids do not change
+        ident["threads"] = cfg.run.threads
     if method == "distilled":
         ident["synthetic"] = {k: v for k, v in to_dict(synthetic or cfg.synthetic).items() if k != "variants"}
     if cfg.analysis.requested:  # absent for runs without analyses, so their ids do not change
@@ -223,9 +231,14 @@ class Run(AnalysisStage):
         raise TrainingDiverged(f"round {r}: the inner training {where} diverged ({bad} has non-finite weights "
                                f"training a mask of {100 * sparsity(mask):.1f}% sparsity); lower {key} (now {lr:g})")
 
+    def dense_identity(self) -> dict:
+        """What determines the dense training of this run's seed (shared by the seed's methods)."""
+        keys = ("engine", "seed", "device", "data", "model", "train", "threads")
+        return {k: self.plan.identity[k] for k in keys if k in self.plan.identity}
+
     def dense_baseline(self, model, init: dict) -> dict:
         """Train the dense net on real data once per (data, model, train, rewind, seed, device); cached."""
-        ident = {k: self.plan.identity[k] for k in ("engine", "seed", "device", "data", "model", "train")}
+        ident = self.dense_identity()
         ident["rewind_step"] = self.rewind_step
         path = self.runs_dir / "cache" / "dense" / f"{config_hash(ident)}.pt"
         if path.exists():
@@ -282,7 +295,7 @@ class Run(AnalysisStage):
         return {
             "schema": 1, "run_id": self.plan.run_id, "experiment": self.cfg.experiment.name,
             "method": self.method, **({"variant": self.plan.variant} if self.plan.variant else {}), "seed": self.seed, "dataset": self.ds.name, "model": self.cfg.model.name,
-            "device": str(self.device), "status": "running", "error": None,
+            "device": str(self.device), "threads": torch.get_num_threads(), "status": "running", "error": None,
             "rounds_planned": self.cfg.prune.rounds, "fraction": self.cfg.prune.fraction,
             "rewind": {"k": self.cfg.prune.rewind, "unit": self.cfg.prune.rewind_unit, "step": self.rewind_step},
             "dense": None, "synthetic": None, "rounds": list(rows),
@@ -381,6 +394,7 @@ def run_experiment(cfg: Config, runs_dir: str | Path, *, data_root: str | Path |
                    only: list[str] | None = None) -> list[dict]:
     """Run (or resume) every method x seed of ``cfg``; returns each run's results dict."""
     device = resolve_device(cfg.run.device)
+    apply_threads(cfg)
     dataset = load_data(cfg, data_root, device)
     provide = synthetic_provider(cfg, Path(runs_dir), data_root)
     results = []

@@ -111,7 +111,7 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
                 as_json: bool, compile: Optional[bool] = None, variant: Optional[str] = None) -> dict[str, Any]:
     import torch
 
-    from dpcore.engine import load_data, resolve_device
+    from dpcore.engine import apply_threads, load_data, resolve_device
     from dpcore.models import build_model
     from dpcore.profiles import load_profile
     from dpcore.synthetic import get_or_distill, load_synthetic, save_synthetic
@@ -131,6 +131,7 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
     wall = time.perf_counter()
 
     device = resolve_device(cfg.run.device)
+    apply_threads(cfg)
     say(f"loading {cfg.data.dataset}" + (" (ZCA)" if cfg.data.zca else "") + f" on {device} ...")
     ds = load_data(cfg, data_root, device)
     model_spec = {"name": cfg.model.name, **cfg.model.options}

@@ -127,7 +127,7 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
                     device: Optional[str] = typer.Option(None, "--device", help="override the run's device (cpu, cuda)")) -> None:
     """Run the instability analysis / weight histograms on an existing run; results go into its results.json."""
     from dpcore.config import config_from_dict
-    from dpcore.engine import Run, RunPlan, load_data, resolve_device, run_identity
+    from dpcore.engine import Run, RunPlan, apply_threads, load_data, resolve_device, run_identity
     from dpcore.events import AnalysisDone, fan_out
     from dpcore.summary import instability_table
 
@@ -143,6 +143,7 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
         raw["run"] = {**raw["run"], "device": device}
     cfg = config_from_dict({**raw, "analysis": analysis}, where="dptui analyze")
     dev = resolve_device(cfg.run.device)
+    apply_threads(cfg)
     console = Console(highlight=False)
     display = LiveDisplay(console, 1)
     display.label = f"{method}{' ' + variant if variant else ''} seed {seed}"

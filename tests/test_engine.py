@@ -123,3 +123,20 @@ def test_run_identity_is_a_pinned_canonical_hash():
     renamed = replace(cfg, experiment=replace(cfg.experiment, name="other", description="x"))
     assert run_identity(renamed, "imp", 0, torch.device("cpu")) == ident
     assert run_identity(replace(cfg, train=replace(cfg.train, epochs=3)), "imp", 0, torch.device("cpu")) != ident
+
+
+def test_run_threads_is_part_of_a_cpu_runs_identity_only_when_set(tmp_path, tiny_profile):
+    cfg, _ = load_profile(str(tiny_profile), ["prune.methods=['imp']", "prune.rounds=1"])
+    one, _ = load_profile(str(tiny_profile), ["prune.methods=['imp']", "prune.rounds=1", "run.threads=1"])
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert "threads" not in run_identity(cfg, "imp", 0, cpu)  # unset: ids as before
+    assert run_identity(one, "imp", 0, cpu)["threads"] == 1 and "threads" not in run_identity(one, "imp", 0, cuda)
+    before = torch.get_num_threads()
+    try:
+        (res,) = run_experiment(one, tmp_path / "runs")
+        assert res["threads"] == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert len(list((tmp_path / "runs" / "cache" / "dense").glob("*.pt"))) == 1
+    (other,) = run_experiment(cfg, tmp_path / "runs")  # default threads: another run, another dense baseline
+    assert other["run_id"] != res["run_id"] and len(list((tmp_path / "runs" / "cache" / "dense").glob("*.pt"))) == 2

@@ -50,7 +50,7 @@ class AnalysisStage:
             return init
         if step == self.rewind_step and dense.get("rewind") is not None:
             return dense["rewind"]
-        ident = {k: self.plan.identity[k] for k in ("engine", "seed", "device", "data", "model", "train")}
+        ident = self.dense_identity()
         ident["capture_step"] = step
         path = self.runs_dir / "cache" / "rewind" / f"{config_hash(ident)}.pt"
         if path.exists():
