@@ -65,27 +65,17 @@ from .report_cmd import register as _register_report; _register_report(app)  # n
 
 @app.command("runs")
 def runs_command(runs_dir: Optional[Path] = RunsOpt) -> None:
-    """List the runs in the store."""
-    from rich.table import Table
-
+    """List the runs in the store (the dashboard's Runs table)."""
     from dpcore.store import list_runs
+
+    from .app.model import build_view, runs_listing
+    from .export import to_rich
 
     root = runs_path(runs_dir)
     runs = list_runs(root)
-    table = Table(title=f"runs in {root}", title_justify="left")
-    for col in ("run", "experiment", "method", "seed", "dataset/model", "device", "status", "rounds",
-                "sparsity %", "best val %", "time-to-mask s"):
-        table.add_column(col, no_wrap=True)
-    for r in runs:
-        rows = r.get("rounds", [])
-        last = rows[-1] if rows else {}
-        vals = [x["val_acc"] for x in rows if x.get("val_acc") is not None]
-        table.add_row(r["run_id"], r.get("experiment", ""), r.get("method", ""), str(r.get("seed", "")),
-                      f"{r.get('dataset', '')}/{r.get('model', '')}", r.get("device", ""), r["status"],
-                      f"{len(rows)}/{r.get('rounds_planned', '?')}",
-                      f"{100 * last['sparsity']:.1f}" if last else "-", f"{100 * max(vals):.2f}" if vals else "-",
-                      f"{last['time_to_mask_s']:.1f}" if last else "-")
-    Console(highlight=False).print(table if runs else f"no runs in {root}")
+    views = sorted((build_view(r["run_id"], r, None, None) for r in runs), key=lambda v: v.sort_key())
+    table = runs_listing(views, title=f"runs in {root}")
+    Console(highlight=False).print(to_rich(table) if runs else f"no runs in {root}")
 
 
 @app.command("profiles")
