@@ -76,6 +76,15 @@ def _interruptible(console: Console):
     return stop, on_sigint
 
 
+def record_evaluation(entry: Path, evaluation: dict[str, Any]) -> None:
+    from dpcore.synthetic.files import META_FILE, save_meta
+
+    path = entry / META_FILE
+    if path.is_file():
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        save_meta({**meta, "evaluation": evaluation, "test_acc": evaluation["test_acc"]}, entry)
+
+
 def pick_variant(cfg, variant: Optional[str], method: Optional[str], ipc: Optional[int]):
     """The profile's synthetic source to use: ``[synthetic]``, or one of its ``synthetic.variants``
     chosen by label (``--variant``) or by ``--method`` (+ ``--ipc``). None: ``--method`` names a
@@ -200,6 +209,8 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
                                                                  "model_options", "epochs", "lr", "batch_size",
                                                                  "dsa", "seeds")}
                 syn.meta["test_acc"] = mean
+                if key is not None:  # a cached set: its meta.json records the latest evaluation
+                    record_evaluation(runs_dir / "cache" / "synthetic" / key, syn.meta["evaluation"])
     except KeyboardInterrupt:
         raise Stopped("stopped by Ctrl-C") from None
     except Exception as err:

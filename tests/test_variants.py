@@ -112,6 +112,8 @@ def test_headless_prints_the_distillers_table_and_distill_picks_a_variant(tmp_pa
     for r in every:
         assert r["cached"] in (True, None) and len(r["test_accs"]) == 2
         assert r["test_acc"] == pytest.approx(sum(r["test_accs"]) / 2)
+        meta = json.loads((runs / "cache" / "synthetic" / r["key"] / "meta.json").read_text())
+        assert meta["test_acc"] == r["test_acc"] and meta["evaluation"]["seeds"] == [0, 1]  # recorded in the cache
     proc = dptui("distill", "--profile", str(tiny_profile), "--runs-dir", str(runs), "--set", VARIANTS,
                  "--variant", "all", "--evaluate")
     assert proc.returncode == 0 and "Synthetic sources" in proc.stdout and "dm-1" in proc.stdout

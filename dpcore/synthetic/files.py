@@ -266,6 +266,11 @@ def save_synthetic(syn: SyntheticSet, folder: str | os.PathLike[str]) -> Path:
     for name in LR_FILES[0 if syn.lr is None else 1 :]:  # no stale lr from an earlier set
         with contextlib.suppress(FileNotFoundError):
             (folder / name).unlink()
-    text = json.dumps(syn.meta, indent=1, sort_keys=True, default=_json_default, allow_nan=True)
-    atomic_write(folder / META_FILE, lambda f: f.write(text.encode("utf-8")))
+    save_meta(syn.meta, folder)
     return folder
+
+
+def save_meta(meta: dict[str, Any], folder: str | os.PathLike[str]) -> None:
+    """Write a set's ``meta.json`` atomically (also to record an evaluation of a cached set)."""
+    text = json.dumps(meta, indent=1, sort_keys=True, default=_json_default, allow_nan=True)
+    atomic_write(Path(folder) / META_FILE, lambda f: f.write(text.encode("utf-8")))
