@@ -320,8 +320,7 @@ class Run(AnalysisStage):
         if method == "distilled":
             self.start_stage("distill")
             syn = self.get_synthetic(self)
-            counts = set(syn.class_counts(self.ds.num_classes))
-            ipc = syn.meta.get("ipc") or (counts.pop() if len(counts) == 1 else None)  # files: from their labels
+            ipc = syn.meta.get("ipc") or syn.ipc(self.ds.num_classes)  # files: from their labels
             self.results["synthetic"] = {"source": syn.meta.get("source", syn.meta.get("method", "file")),
                                          "images": int(syn.images.shape[0]), "ipc": ipc,
                                          "distill_s": syn.meta.get("distill_s"), "cached": syn.meta.get("cached", False),

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dpcore.errors import ConfigError, DataError, DPError
+
+from .interrupt import catch_ctrl_c
 
 
 # --evaluate compiles the model's forward (torch.compile) on a CPU for a conv net trained for at least
@@ -61,19 +61,6 @@ def resolve_source_path(path: str, data_root: str | None, cfg_root: str) -> Path
         return under
     raise DataError(f"synthetic.path '{path}': not found (looked in ./{given} and {under}); "
                     "pass --data-root pointing at the folder that holds it, or an absolute path")
-
-
-def _interruptible(console: Console):
-    """A stop flag set by the first Ctrl-C (the second one aborts)."""
-    stop = threading.Event()
-
-    def on_sigint(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        console.print("[yellow]stopping after the current step (Ctrl-C again to abort)[/]")
-
-    return stop, on_sigint
 
 
 def record_evaluation(entry: Path, evaluation: dict[str, Any]) -> None:
@@ -124,6 +111,7 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
     from dpcore.models import build_model
     from dpcore.profiles import load_profile
     from dpcore.synthetic import get_or_distill, load_synthetic, save_synthetic
+    from dpcore.summary import Stat
     from dpcore.synthetic.evaluate import evaluate_synthetic
 
     cfg, _ = load_profile(profile, overrides)
@@ -149,8 +137,7 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
         return build_model(cfg.model.name, num_classes=ds.num_classes, in_shape=ds.shape,
                            **cfg.model.options).to(device)
 
-    stop, on_sigint = _interruptible(console)
-    old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    stop, restore_sigint = catch_ctrl_c(console)
     try:
         with _progress(console) as bar:
             if sc.path:
@@ -175,10 +162,9 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
                     raise Stopped("distillation stopped by Ctrl-C (nothing was cached)")
                 bar.remove_task(task)
                 source, key = f"{sc.method} ipc{sc.ipc}", syn.meta.get("key")
-            counts = syn.class_counts(ds.num_classes)
             result: dict[str, Any] = {
                 "source": source, "method": syn.meta.get("method", "file"),
-                "ipc": counts[0] if len(set(counts)) == 1 else None, "images": len(syn),
+                "ipc": syn.ipc(ds.num_classes), "images": len(syn),
                 "dataset": ds.name, "whitened": bool(ds.whitened), "cached": cached, "key": key,
                 "distill_s": syn.meta.get("distill_s"), "learned_lr": syn.lr,
             }
@@ -197,9 +183,9 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
                                                     should_stop=stop.is_set, compile=use_compile))
                     bar.remove_task(task)
                 accs = [ev.test_acc for ev in evals]
-                mean = sum(accs) / len(accs)
-                std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
-                result.update(test_acc=mean, test_acc_std=std, test_accs=accs, seeds=list(cfg.run.seeds),
+                stat = Stat.of(accs)
+                mean = stat.mean
+                result.update(test_acc=mean, test_acc_std=stat.std, test_accs=accs, seeds=list(cfg.run.seeds),
                               test_loss=sum(ev.test_loss for ev in evals) / len(evals),
                               train_s=sum(ev.train_s for ev in evals) / len(evals), test_s=evals[0].test_s,
                               model=cfg.model.name, model_options=dict(cfg.model.options), epochs=evals[0].epochs,
@@ -220,8 +206,7 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
             raise Stopped("evaluation stopped by Ctrl-C") from None
         raise
     finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
+        restore_sigint()
     if out is not None:
         save_synthetic(syn, out)
         result["out"] = str(out)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -18,6 +16,7 @@ from dpcore.store import config_hash
 from dpcore.summary import experiment_tables
 
 from .export import to_rich, write_exports
+from .interrupt import catch_ctrl_c
 
 
 class LiveDisplay:
@@ -82,22 +81,14 @@ def run_headless(cfg: Config, runs_dir: Path, data_root: str | None, out_dir: Pa
             raise DPError(f"--run-id {unknown[0]} is not a run of this experiment; its runs are: "
                           + ", ".join(p.run_id for p in plans))
         plans = [p for p in plans if p.run_id in only]
-    stop = threading.Event()
-
-    def on_sigint(signum, frame):  # first Ctrl-C stops after the current step; second one aborts
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        console.log("[yellow]stopping after the current step (Ctrl-C again to abort)[/]")
-
-    old = signal.signal(signal.SIGINT, on_sigint)
+    stop, restore_sigint = catch_ctrl_c(console)
     display = LiveDisplay(console, len(plans))
     try:
         with display.progress:
             results = run_experiment(cfg, runs_dir, data_root=data_root, sink=display, should_stop=stop.is_set,
                                      only=[p.run_id for p in plans])
     finally:
-        signal.signal(signal.SIGINT, old)
+        restore_sigint()
     tables = experiment_tables(results)
     for table in tables:
         console.print(to_rich(table))

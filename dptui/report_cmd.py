@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import html
-import signal
-import threading
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +11,8 @@ import typer
 from rich.console import Console
 
 from dpcore.errors import ConfigError, DPError
+
+from .interrupt import catch_ctrl_c
 
 FIGURES_OF = {"Rounds": ("accuracy_vs_sparsity", "time_to_mask"), "Instability": ("interpolation",),
               "Layer sparsity": ("layer_sparsity",), "Initial weights of survivors": ("weight_histograms",)}
@@ -155,18 +155,10 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
                           f"instability {100 * r['instability']:.2f} pp, end accs "
                           + "/".join(f"{100 * a:.2f}%" for a in r["end_acc"]))
 
-    stop = threading.Event()
-
-    def on_sigint(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        console.print("[yellow]stopping after the current step (Ctrl-C again to abort)[/]")
-
     dataset = load_data(cfg, data_root, dev)
     plan = RunPlan(method, seed, run_id, run_identity(cfg, method, seed, dev), variant)
+    stop, restore_sigint = catch_ctrl_c(console)
     run = Run(cfg, plan, dataset, run_dir.parent, sink=fan_out(display, on_done), should_stop=stop.is_set)
-    old = signal.signal(signal.SIGINT, on_sigint)
     from dpcore.training import Stopped
 
     try:
@@ -176,7 +168,7 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
         console.print("stopped; finished analyses are saved, rerun to do the rest")
         raise typer.Exit(130)
     finally:
-        signal.signal(signal.SIGINT, old)
+        restore_sigint()
     table = instability_table([results])
     if table.rows:
         console.print(to_rich(table))

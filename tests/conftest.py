@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 def make_npz(path: Path, classes: int = 4, per_class: int = 48, size: int = 8, seed: int = 0) -> Path:
@@ -65,3 +66,12 @@ def tiny_profile(tmp_path: Path, tiny_npz: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY_PROFILE.format(npz=tiny_npz))
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add overhead (and contend on a shared 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

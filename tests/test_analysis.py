@@ -214,7 +214,7 @@ def test_report_of_two_runs_has_both_methods_tables_and_figures(analysed, tmp_pa
             assert title in text
     imp = next(r for r in second if r["method"] == "imp")
     cell = f"{100 * imp['instability'][0]['instability']:.2f}"
-    assert f"| imp | 2 | 36.00 | k=0 |" in md and cell in md.split("## Instability")[1].split("##")[0]
+    assert "| imp | 2 | 36.00 | k=0 |" in md and cell in md.split("## Instability")[1].split("##")[0]
     for name in ("accuracy_vs_sparsity", "interpolation", "weight_histograms"):
         assert f"figures/{name}.png" in md and f"figures/{name}.svg" in page
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000

@@ -25,12 +25,7 @@ MTT_TINY = {"iterations": 40, "syn_steps": 5, "expert_epochs": 1, "max_start_epo
             "expert_train_epochs": 3, "expert_batch": 32, "lr_img": 100.0, "lr_teacher": 0.05, "dsa": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -36,13 +36,7 @@ def _dataset(whitened: bool = False) -> Dataset:
     return Dataset("tiny", x, y, x[:50], y[:50], C, (0.5,), (0.25,), whitened=whitened)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny tensors: intra-op threads only add overhead (and contend on a shared 2-core box).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

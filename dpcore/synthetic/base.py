@@ -49,6 +49,11 @@ class SyntheticSet:
     def class_counts(self, num_classes: int) -> list[int]:
         return torch.bincount(self.labels.cpu(), minlength=num_classes).tolist()
 
+    def ipc(self, num_classes: int) -> int | None:
+        """Images per class when every class has the same number, else None."""
+        counts = set(self.class_counts(num_classes))
+        return counts.pop() if len(counts) == 1 else None
+
 
 @runtime_checkable
 class Distiller(Protocol):
