@@ -10,8 +10,11 @@ IMP's validation of m_r and its inner training in round r+1 are the same computa
 mask, data and seed), so it runs once and its measured time counts in both places.
 
 After the last round, the ``[analysis]`` section's analyses run (:mod:`dpcore.analysis.stage`). A distilled
-run gets its synthetic set from :mod:`dpcore.synthetic.provider`; an experiment may compare several sources
-(``synthetic.variants``), one distilled run each.
+run gets its synthetic set from :func:`dpcore.synthetic.provider.synthetic_set`, made once per source and
+shared by the experiment's runs (:class:`SyntheticSources`); an experiment may compare several sources
+(``synthetic.variants``), one distilled run each. The whole experiment is checked before its first training
+step (:mod:`dpcore.validate`); a failure inside a run (a source that diverges, an exception in training)
+fails that run and those that share its source, and the others go on.
 """
 
 from __future__ import annotations
@@ -24,35 +27,26 @@ from typing import Callable
 
 import torch
 
-from .analysis.stage import AnalysisStage
+from .analysis.stage import AnalysisInputs, AnalysisStage
 from .augment import crop_flip
 from .config import Config, SyntheticConfig, synthetic_variants, to_dict
-from .data import load_dataset
 from .data.dataset import Dataset
 from .errors import DPError, TrainingDiverged
-from .events import (DenseDone, EpochProgress, Event, RoundDone, RoundStarted,
+from .events import (DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted,
                      RunDone, RunFailed, RunStarted, Sink, StageStarted, fan_out)
 from .masks import (Mask, full_mask, layer_sparsity, magnitude_prune, mask_to_cpu, output_layer_name,
                     prunable, random_prune, remaining_target, sparsity)
 from .models import build_model
 from .store import RunDir, atomic_torch_save, config_hash
 from .safe_load import safe_torch_load
-from .synthetic.base import SyntheticSet
-from .synthetic.provider import synthetic_provider
+from .synthetic.provider import source_key, source_label, synthetic_cache_dir, synthetic_set
 from .training import (Schedule, Stopped, Stopwatch, derive_seed, evaluate, restore, snapshot,
                        steps_per_epoch, train)
+from .validate import Checked, check_experiment, load_data, resolve_device  # noqa: F401  (load_data: engine API)
 
 ENGINE_VERSION = 1  # bump when a change alters results, so old runs are not resumed into new ones
 StopFlag = Callable[[], bool]
 ANALYSIS_KEYS = ("instability", "weight_histograms", "figures")  # results.json keys written by analyses
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DPError(f"run.device = '{name}' but no CUDA device is available; use run.device = 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 def apply_threads(cfg: Config) -> None:
@@ -118,12 +112,42 @@ def plan_runs(cfg: Config, device: torch.device) -> list[RunPlan]:
     return plans
 
 
-def load_data(cfg: Config, data_root: str | Path | None, device: torch.device) -> Dataset:
-    root = data_root or cfg.data.root or "data"
-    ds = load_dataset(cfg.data.dataset, root, path=cfg.data.path or None, zca=cfg.data.zca)
-    if cfg.data.subset:
-        ds = ds.subset(cfg.data.subset, seed=0)
-    return ds.to(device)
+class SourceFailed(RuntimeError):
+    """A synthetic source that failed for an earlier run of the experiment (not tried again)."""
+
+
+class SyntheticSources:
+    """The experiment's synthetic sets: made (or loaded) once per source and shared by every run and seed
+    that uses it. A source that fails (a distiller that diverges, a stop) fails each run that uses it with
+    the same line, without being tried again; runs of other sources are not affected."""
+
+    def __init__(self, cfg: Config, runs_dir: Path, data_root: str | Path | None, dataset: Dataset,
+                 files: dict | None = None):
+        self.cfg, self.runs_dir, self.data_root, self.dataset = cfg, runs_dir, data_root, dataset
+        self.made = dict(files or {})  # source_key -> SyntheticSet
+        self.failed: dict[str, str] = {}
+
+    def get(self, sc: SyntheticConfig, progress=None, should_stop: StopFlag | None = None):
+        key = source_key(sc)
+        if key in self.failed:
+            raise SourceFailed(f"{self.failed[key]} (failed for an earlier run; not tried again)")
+        if key not in self.made:
+            try:
+                self.made[key] = synthetic_set(sc, self.dataset, self.dataset.device, model=self.cfg.model,
+                                               cache_dir=synthetic_cache_dir(self.runs_dir),
+                                               data_root=self.data_root or self.cfg.data.root,
+                                               progress=progress, should_stop=should_stop)
+            except Stopped:
+                raise
+            except Exception as err:
+                self.failed[key] = f"synthetic source '{source_label(sc)}': {error_line(err)}"
+                raise SourceFailed(self.failed[key]) from err
+        return self.made[key]
+
+
+def error_line(err: BaseException) -> str:
+    """A failed run's one-line error: the message of input errors, else the exception's type and message."""
+    return str(err) if isinstance(err, (DPError, SourceFailed)) else f"{type(err).__name__}: {err}"
 
 
 class Throttle:
@@ -141,11 +165,11 @@ class Throttle:
         return False
 
 
-class Run(AnalysisStage):
+class Run:
     """One method x one seed of an experiment (its analyses: :class:`AnalysisStage`)."""
 
     def __init__(self, cfg: Config, plan: RunPlan, dataset: Dataset, runs_dir: Path, *,
-                 synthetic: Callable[["Run"], SyntheticSet] | None = None,
+                 sources: SyntheticSources | None = None,
                  sink: Sink | None = None, should_stop: StopFlag | None = None):
         if plan.synthetic is not None:  # this run's own synthetic source and training settings
             cfg = replace(cfg, synthetic=replace(plan.synthetic, variants=[]))
@@ -154,7 +178,7 @@ class Run(AnalysisStage):
         self.device = dataset.device
         self.runs_dir = Path(runs_dir)
         self.dir = RunDir(self.runs_dir, plan.run_id)
-        self.get_synthetic = synthetic
+        self.sources = sources
         self.should_stop = should_stop or (lambda: False)
         self.emit = fan_out(self.dir.append_event, sink)
         self.stage, self.round, self.throttle = "", 0, Throttle()
@@ -174,6 +198,9 @@ class Run(AnalysisStage):
         self.stage = stage
         self.stage_watch = time.perf_counter()
         self.event(StageStarted, stage=stage, round=self.round)
+
+    def on_distill_progress(self, step: int, total: int, loss: float | None) -> None:
+        self.on_epoch(step, total, torch.tensor(float("nan") if loss is None else loss))
 
     def on_epoch(self, epoch: int, epochs: int, loss: torch.Tensor) -> None:
         if not self.throttle.ready(epoch == epochs):
@@ -206,7 +233,7 @@ class Run(AnalysisStage):
                           batch_size=self.cfg.run.eval_batch_size)
         return out, acc
 
-    def train_synthetic(self, model, start: dict, mask: Mask, syn: SyntheticSet, key: int):
+    def train_synthetic(self, model, start: dict, mask: Mask, syn, key: int):
         from .synthetic.evaluate import train_on_synthetic  # the one recipe, shared with `dptui distill`
 
         restore(model, start)
@@ -263,7 +290,7 @@ class Run(AnalysisStage):
                                                   **({"variant": self.plan.variant} if self.plan.variant else {})}})
         old = self.dir.read_results()
         if old and old.get("status") == "done" and len(old.get("rounds", [])) == rounds \
-                and not self.analyses_pending(old, cfg.analysis):
+                and not self.analysis_stage().pending(old, cfg.analysis):
             return old
         rows = self.dir.finished_rounds()[:rounds]
         wall = time.perf_counter()
@@ -277,13 +304,11 @@ class Run(AnalysisStage):
             status = "done"
         except Stopped:
             status = "stopped"
-        except Exception as err:  # noqa: BLE001 - a failed run must be recorded, not crash the others
-            message = str(err) if isinstance(err, DPError) else f"{type(err).__name__}: {err}"
+        except Exception as err:  # noqa: BLE001 - a failed run is recorded; the experiment's other runs go on
+            message = error_line(err)
             self.results.update(status="failed", error=message, traceback=traceback.format_exc())
             self.dir.write_results(self.results)
             self.event(RunFailed, error=message)
-            if isinstance(err, DPError):
-                raise  # bad input (data, synthetic files): every run would fail alike; exit 2
             return self.results
         self.results.update(status=status, updated_at=time.time())
         self.dir.write_results(self.results)
@@ -319,7 +344,9 @@ class Run(AnalysisStage):
         syn = None
         if method == "distilled":
             self.start_stage("distill")
-            syn = self.get_synthetic(self)
+            syn = self.sources.get(self.cfg.synthetic, self.on_distill_progress, self.should_stop)
+            self.event(DistillDone, source=str(syn.meta.get("source")), images=len(syn),
+                       distill_s=syn.meta.get("distill_s"), cached=bool(syn.meta.get("cached")))
             ipc = syn.meta.get("ipc") or syn.ipc(self.ds.num_classes)  # files: from their labels
             self.results["synthetic"] = {"source": syn.meta.get("source", syn.meta.get("method", "file")),
                                          "images": int(syn.images.shape[0]), "ipc": ipc,
@@ -385,23 +412,53 @@ class Run(AnalysisStage):
             self.results["updated_at"] = time.time()
             self.dir.write_results(self.results)
             self.event(RoundDone, row=row)
-        self.analyze(model, init, dense, cfg.analysis)
+        self.analysis_stage().analyze(self.results, model, init, dense, cfg.analysis)
+
+    # -- analyses --------------------------------------------------------------------------------
+    def analysis_stage(self) -> AnalysisStage:
+        inputs = AnalysisInputs(
+            dataset=self.ds, schedule=self.real_schedule, seed=self.seed, per_epoch=self.per_epoch,
+            rewind_unit=self.cfg.prune.rewind_unit, rewind=self.cfg.prune.rewind, rewind_step=self.rewind_step,
+            eval_batch_size=self.cfg.run.eval_batch_size, augment=self.real_augment(), run_dir=self.dir,
+            rewind_cache=self.runs_dir / "cache" / "rewind", dense_identity=self.dense_identity())
+        return AnalysisStage(inputs, stage=self.start_stage, epoch=self.on_epoch, should_stop=self.should_stop,
+                             set_round=lambda r: setattr(self, "round", r), event=self.event)
+
+    def run_analyses(self, spec) -> dict:
+        """Analyses on a run whose rounds are on disk (``dptui analyze``); returns the updated results."""
+        old = self.dir.read_results()
+        if not old or not old.get("rounds"):
+            raise DPError(f"{self.dir.path}: no finished rounds to analyse; run it first")
+        done = len(old["rounds"])
+        late = [r for r in [*spec.instability_rounds, *spec.histogram_rounds] if r > done]
+        if late:
+            raise DPError(f"{self.dir.path}: round {late[0]} is not finished (the run has {done} rounds)")
+        self.results = old
+        model, init, dense = self.start_point()
+        try:
+            self.analysis_stage().analyze(self.results, model, init, dense, spec)
+        finally:
+            self.results["updated_at"] = time.time()
+            self.dir.write_results(self.results)
+        return self.results
 
 
 def run_experiment(cfg: Config, runs_dir: str | Path, *, data_root: str | Path | None = None,
                    sink: Sink | None = None, should_stop: StopFlag | None = None,
-                   only: list[str] | None = None) -> list[dict]:
-    """Run (or resume) every method x seed of ``cfg``; returns each run's results dict."""
-    device = resolve_device(cfg.run.device)
+                   only: list[str] | None = None, checked: Checked | None = None) -> list[dict]:
+    """Run (or resume) every method x seed of ``cfg``; returns each run's results dict.
+
+    ``checked``: the result of :func:`dpcore.validate.check_experiment` when the caller checked the
+    experiment already (else it is checked here, before the first run starts)."""
     apply_threads(cfg)
-    dataset = load_data(cfg, data_root, device)
-    provide = synthetic_provider(cfg, Path(runs_dir), data_root)
+    checked = checked or check_experiment(cfg, runs_dir, data_root)
+    sources = SyntheticSources(cfg, Path(runs_dir), data_root, checked.dataset, checked.files)
     results = []
-    for plan in plan_runs(cfg, device):
+    for plan in plan_runs(cfg, checked.device):
         if only is not None and plan.run_id not in only:
             continue
         if should_stop is not None and should_stop():
             break
-        run = Run(cfg, plan, dataset, Path(runs_dir), synthetic=provide, sink=sink, should_stop=should_stop)
+        run = Run(cfg, plan, checked.dataset, Path(runs_dir), sources=sources, sink=sink, should_stop=should_stop)
         results.append(run.execute())
     return results

@@ -203,7 +203,18 @@ def distillers_table(results: list[dict], baseline: str = "imp") -> Table:
     return table
 
 
+def failures_table(results: list[dict]) -> Table:
+    """The runs that failed: which, after how many rounds, and the error line they recorded."""
+    cols = [Column("method", "method", "text"), Column("seed", "seed", "int"), Column("rounds", "rounds done", "int"),
+            Column("error", "error", "text"), Column("run_id", "run", "text")]
+    rows = [{"method": run_label(r), "seed": r.get("seed"), "rounds": len(r.get("rounds", [])),
+             "error": r.get("error") or "", "run_id": r.get("run_id", "")}
+            for r in results if r.get("status") == "failed"]
+    return Table("Failed runs", cols, rows)
+
+
 def experiment_tables(results: list[dict]) -> list[Table]:
+    failed = failures_table(results)
     tables = [rounds_table(results)]
     methods = {r["method"] for r in results}
     if any(r.get("variant") for r in results):
@@ -213,6 +224,8 @@ def experiment_tables(results: list[dict]) -> list[Table]:
     note = distill_note(results)
     if note:
         tables[0].notes.append(note)
+    if failed.rows:
+        tables.append(failed)
     return tables
 
 

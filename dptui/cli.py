@@ -12,30 +12,17 @@ from rich.console import Console
 
 from dpcore.errors import DataWarning, DPError
 
+from . import distill_cmd, report_cmd
+from .options import DataOpt, ProfileOpt, RunsOpt, SetOpt, runs_path
+
 app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Distilled Pruning: IMP whose inner loop trains on distilled data. "
                        "Without a command, opens the dashboard (or runs headless with --headless).")
 err_console = Console(stderr=True, highlight=False)
 
-ProfileOpt = typer.Option("quickstart", "--profile", "-p", help="profile name (see `dptui profiles`) or path to a .toml")
-SetOpt = typer.Option(None, "--set", "-s", help="override a setting, e.g. --set train.epochs=5 (repeatable)")
-RunsOpt = typer.Option(None, "--runs-dir", envvar="DPTUI_RUNS_DIR", help="run store (default ./runs)")
-DataOpt = typer.Option(None, "--data-root", help="folder holding the datasets (default: data.root or ./data)")
-
-
-def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"error: {message}", soft_wrap=True, markup=False)
-    raise typer.Exit(code)
-
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     err_console.print(f"warning: {message}", soft_wrap=True, markup=False)
-
-
-def runs_path(runs_dir: Optional[Path]) -> Path:
-    from dpcore.store import default_runs_dir
-
-    return runs_dir or default_runs_dir()
 
 
 @app.callback(invoke_without_command=True)
@@ -58,9 +45,6 @@ def main_command(ctx: typer.Context,
     from .app import run_dashboard  # the dashboard, opened on the given profile and run store
 
     raise typer.Exit(run_dashboard(str(profile), overrides or [], runs_path(runs_dir), data_root))
-
-
-from .report_cmd import register as _register_report; _register_report(app)  # noqa: E402,E702  report, analyze
 
 
 @app.command("runs")
@@ -88,7 +72,8 @@ def profiles_command() -> None:
         Console(highlight=False).print(f"[bold]{name}[/]  {desc}  [dim]{path}[/]")
 
 
-from .distill_cmd import register as _register_distill; _register_distill(app)  # noqa: E402, E702
+report_cmd.register(app)  # report, analyze
+distill_cmd.register(app)
 
 
 def main() -> None:

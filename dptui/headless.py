@@ -9,7 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dpcore.config import Config
 from dpcore.errors import DPError
-from dpcore.engine import plan_runs, resolve_device, run_experiment
+from dpcore.engine import apply_threads, plan_runs, run_experiment
+from dpcore.validate import check_experiment, resolve_device
 from dpcore.events import (DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted, RunDone,
                            RunFailed, RunStarted, StageStarted)
 from dpcore.store import config_hash
@@ -72,21 +73,25 @@ class LiveDisplay:
 
 def run_headless(cfg: Config, runs_dir: Path, data_root: str | None, out_dir: Path | None,
                  console: Console, only: list[str] | None = None) -> int:
-    """Returns the exit code: 0 all runs done, 1 a run failed, 130 stopped by Ctrl-C."""
-    device = resolve_device(cfg.run.device)
-    plans = plan_runs(cfg, device)
+    """Returns the exit code: 0 all runs done, 1 a run failed, 130 stopped by Ctrl-C.
+
+    The whole experiment is checked first (:func:`dpcore.validate.check_experiment`): bad input raises
+    :class:`DPError` (exit 2) before any training and before the store is touched."""
+    plans = plan_runs(cfg, resolve_device(cfg.run.device))
     if only:
         unknown = sorted(set(only) - {p.run_id for p in plans})
         if unknown:
             raise DPError(f"--run-id {unknown[0]} is not a run of this experiment; its runs are: "
                           + ", ".join(p.run_id for p in plans))
         plans = [p for p in plans if p.run_id in only]
+    apply_threads(cfg)
+    checked = check_experiment(cfg, runs_dir, data_root)
     stop, restore_sigint = catch_ctrl_c(console)
     display = LiveDisplay(console, len(plans))
     try:
         with display.progress:
             results = run_experiment(cfg, runs_dir, data_root=data_root, sink=display, should_stop=stop.is_set,
-                                     only=[p.run_id for p in plans])
+                                     only=[p.run_id for p in plans], checked=checked)
     finally:
         restore_sigint()
     tables = experiment_tables(results)

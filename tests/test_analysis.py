@@ -143,7 +143,7 @@ def test_extra_rewind_point_replays_the_dense_training(tmp_path):
     run.dir.create({})
     run.results = run.new_results([])
     model, init, dense = run.start_point()
-    state, _ = run.capture_rewind(model, init, run.rewind_step)
+    state, _ = run.analysis_stage().capture_rewind(model, init, run.rewind_step)
     assert all(torch.equal(state[k], dense["rewind"][k]) for k in state)
     assert not all(torch.equal(state[k], init[k]) for k in state)
 

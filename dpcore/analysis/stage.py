@@ -2,31 +2,59 @@
 
 The ``[analysis]`` section's analyses: instability of chosen rounds' masks at chosen rewind points, weight
 histograms, figures. Each is saved into results.json as it finishes, and a resumed run (or
-``dptui analyze``) does only the missing ones. :class:`AnalysisStage` is a mixin of
-:class:`dpcore.engine.Run`, whose state (config, dataset, run dir, results, events) it uses.
+``dptui analyze``) does only the missing ones. :class:`AnalysisStage` gets everything it needs explicitly
+(:class:`AnalysisInputs`, progress hooks, an event emitter); :meth:`dpcore.engine.Run.analysis_stage`
+builds it for a run.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
 
 from ..config import AnalysisConfig
+from ..data.dataset import Dataset
 from ..errors import DPError
 from ..events import AnalysisDone
 from ..masks import Mask, full_mask
 from ..safe_load import safe_torch_load
-from ..store import atomic_torch_save, config_hash
-from ..training import derive_seed, restore, train
+from ..store import RunDir, atomic_torch_save, config_hash
+from ..training import Augment, EpochCallback, Schedule, derive_seed, restore, train
 from .instability import Hooks, instability_analysis
 from .weights import weight_histograms
 
 
+@dataclass(frozen=True)
+class AnalysisInputs:
+    """What the analyses of one run read: its data, real-data schedule, seed, rewind point, store."""
+
+    dataset: Dataset
+    schedule: Schedule  # the real-data training schedule (instability trains two copies with it)
+    seed: int
+    per_epoch: int  # steps per epoch of real training
+    rewind_unit: str  # "epoch" or "step"
+    rewind: int  # the run's own rewind point k, in rewind_unit
+    rewind_step: int  # ... as a global step
+    eval_batch_size: int
+    augment: Augment | None
+    run_dir: RunDir
+    rewind_cache: Path  # <runs>/cache/rewind: dense states at other rewind steps
+    dense_identity: dict  # what determines the dense training of this seed
+
+
 class AnalysisStage:
+    def __init__(self, inputs: AnalysisInputs, *, stage: Callable[[str], None], epoch: EpochCallback,
+                 should_stop: Callable[[], bool], set_round: Callable[[int], None],
+                 event: Callable[..., None]):
+        self.inputs = inputs
+        self.hooks = Hooks(stage=stage, epoch=epoch, should_stop=should_stop)
+        self.set_round, self.event = set_round, event
+
     def rewind_steps(self, spec: AnalysisConfig) -> list[tuple[int, int]]:
         """(k, global step) of each rewind point the instability analysis starts from."""
-        unit = self.per_epoch if self.cfg.prune.rewind_unit == "epoch" else 1
-        return [(k, k * unit) for k in sorted(set(spec.instability_rewinds or [self.cfg.prune.rewind]))]
+        unit = self.inputs.per_epoch if self.inputs.rewind_unit == "epoch" else 1
+        return [(k, k * unit) for k in sorted(set(spec.instability_rewinds or [self.inputs.rewind]))]
 
     def instability_pending(self, res: dict, spec: AnalysisConfig) -> list[tuple[int, int, int]]:
         """(round, k, step) of each requested instability analysis not yet in ``res``."""
@@ -35,24 +63,24 @@ class AnalysisStage:
         return [(r, k, step) for r in sorted(set(spec.instability_rounds)) for k, step in self.rewind_steps(spec)
                 if (r, step, spec.alphas, spec.bn_recompute) not in done]
 
-    def analyses_pending(self, res: dict, spec: AnalysisConfig) -> bool:
+    def pending(self, res: dict, spec: AnalysisConfig) -> bool:
         hist = res.get("weight_histograms") or {}
         have = {h["round"] for h in hist.get("rounds", [])}
         figures = res.get("figures")
         return bool(self.instability_pending(res, spec)
                     or (spec.histogram_rounds and (not set(spec.histogram_rounds) <= have or hist.get("bins") != spec.bins))
-                    or (spec.figures and (not figures or not all((self.dir.path / f).exists() for f in figures))))
+                    or (spec.figures and (not figures or not all((self.inputs.run_dir.path / f).exists() for f in figures))))
 
     def rewind_state(self, model, step: int, init: dict, dense: dict) -> dict:
         """The dense training's state at global ``step`` (init for 0); other steps than the run's own
         are captured by a short dense training and cached beside the dense baseline."""
         if step == 0:
             return init
-        if step == self.rewind_step and dense.get("rewind") is not None:
+        if step == self.inputs.rewind_step and dense.get("rewind") is not None:
             return dense["rewind"]
-        ident = self.dense_identity()
+        ident = dict(self.inputs.dense_identity)
         ident["capture_step"] = step
-        path = self.runs_dir / "cache" / "rewind" / f"{config_hash(ident)}.pt"
+        path = self.inputs.rewind_cache / f"{config_hash(ident)}.pt"
         if path.exists():
             return safe_torch_load(path)["state"]
         state, seconds = self.capture_rewind(model, init, step)
@@ -61,12 +89,13 @@ class AnalysisStage:
 
     def capture_rewind(self, model, init: dict, step: int) -> tuple[dict, float]:
         """Replay the dense training (same seed, order and schedule) just far enough to reach ``step``."""
-        self.start_stage("rewind")
+        self.hooks.stage("rewind")
         restore(model, init)
-        schedule = replace(self.real_schedule, epochs=-(-step // self.per_epoch))
-        out = train(model, self.ds.x_train, self.ds.y_train, schedule=schedule, seed=derive_seed(self.seed, "real", 0),
-                    prepare=self.ds.prepare, mask=full_mask(model), augment=self.real_augment(), capture_step=step,
-                    on_epoch=self.on_epoch, should_stop=self.should_stop)
+        schedule = replace(self.inputs.schedule, epochs=-(-step // self.inputs.per_epoch))
+        ds = self.inputs.dataset
+        out = train(model, ds.x_train, ds.y_train, schedule=schedule, seed=derive_seed(self.inputs.seed, "real", 0),
+                    prepare=ds.prepare, mask=full_mask(model), augment=self.inputs.augment, capture_step=step,
+                    on_epoch=self.hooks.epoch, should_stop=self.hooks.should_stop)
         if out.capture is None:
             raise DPError(f"rewind step {step} is past the end of training ({out.steps} steps)")
         return out.capture, out.capture_s or 0.0
@@ -74,70 +103,53 @@ class AnalysisStage:
     def mask_at(self, r: int, model) -> Mask:
         if r == 0:
             return full_mask(model)
-        return {n: m.to(self.device) for n, m in self.dir.load_mask(r).items()}
+        return {n: m.to(self.inputs.dataset.device) for n, m in self.inputs.run_dir.load_mask(r).items()}
 
-    def sparsity_at(self, r: int) -> float:
-        rows = {row["round"]: row for row in self.results["rounds"]}
+    @staticmethod
+    def sparsity_at(results: dict, r: int) -> float:
+        rows = {row["round"]: row for row in results["rounds"]}
         return rows[r]["sparsity"] if r in rows else 0.0
 
-    def analyze(self, model, init: dict, dense: dict, spec: AnalysisConfig) -> None:
-        """Run the analyses ``spec`` asks for that ``self.results`` lacks; saves after each one."""
-        unit = self.cfg.prune.rewind_unit
-        hooks = Hooks(stage=self.start_stage, epoch=self.on_epoch, should_stop=self.should_stop)
-        for r, k, step in self.instability_pending(self.results, spec):
-            self.round = r
+    def analyze(self, results: dict[str, Any], model, init: dict, dense: dict, spec: AnalysisConfig) -> None:
+        """Run the analyses ``spec`` asks for that ``results`` lacks; updates it and saves after each one."""
+        inp = self.inputs
+        unit = inp.rewind_unit
+        for r, k, step in self.instability_pending(results, spec):
+            self.set_round(r)
             start = self.rewind_state(model, step, init, dense)
-            res = instability_analysis(model, start, self.mask_at(r, model), self.ds, schedule=self.real_schedule,
-                                       seed=derive_seed(self.seed, "instability"), start_step=step,
-                                       augment=self.real_augment(), alphas=spec.alphas, bn_recompute=spec.bn_recompute,
-                                       eval_batch_size=self.cfg.run.eval_batch_size, hooks=hooks)
-            entry = {"round": r, "sparsity": self.sparsity_at(r), "rewind": {"k": k, "unit": unit, "step": step},
+            res = instability_analysis(model, start, self.mask_at(r, model), inp.dataset, schedule=inp.schedule,
+                                       seed=derive_seed(inp.seed, "instability"), start_step=step,
+                                       augment=inp.augment, alphas=spec.alphas, bn_recompute=spec.bn_recompute,
+                                       eval_batch_size=inp.eval_batch_size, hooks=self.hooks)
+            entry = {"round": r, "sparsity": self.sparsity_at(results, r), "rewind": {"k": k, "unit": unit, "step": step},
                      "alphas": res.curve.alphas, "test_acc": res.curve.test_acc, "test_loss": res.curve.test_loss,
                      "instability": res.curve.instability, "barrier": res.curve.barrier,
                      "end_acc": list(res.end_acc), "end_loss": list(res.end_loss), "bn_recompute": spec.bn_recompute,
                      "train_s": list(res.train_s), "eval_s": res.eval_s, "copy_seeds": list(res.seeds)}
-            entries = [e for e in self.results.get("instability", [])
+            entries = [e for e in results.get("instability", [])
                        if (e["round"], e["rewind"]["step"], len(e["alphas"]), e["bn_recompute"])
                        != (r, step, spec.alphas, spec.bn_recompute)] + [entry]
-            self.results["instability"] = sorted(entries, key=lambda e: (e["round"], e["rewind"]["step"],
-                                                                         len(e["alphas"]), e["bn_recompute"]))
-            self.dir.write_results(self.results)
+            results["instability"] = sorted(entries, key=lambda e: (e["round"], e["rewind"]["step"],
+                                                                    len(e["alphas"]), e["bn_recompute"]))
+            inp.run_dir.write_results(results)
             self.event(AnalysisDone, analysis="instability", round=r,
                        result={k2: entry[k2] for k2 in ("sparsity", "rewind", "instability", "barrier", "end_acc")})
         if spec.histogram_rounds:
-            old = self.results.get("weight_histograms") or {}
+            old = results.get("weight_histograms") or {}
             rounds = set(spec.histogram_rounds)
             if old.get("bins") == spec.bins:
                 rounds |= {h["round"] for h in old.get("rounds", [])}
-            self.results["weight_histograms"] = weight_histograms(
-                init, {r: self.mask_at(r, model) for r in sorted(rounds)}, {r: self.sparsity_at(r) for r in rounds},
+            results["weight_histograms"] = weight_histograms(
+                init, {r: self.mask_at(r, model) for r in sorted(rounds)}, {r: self.sparsity_at(results, r) for r in rounds},
                 bins=spec.bins)
-            self.dir.write_results(self.results)
+            inp.run_dir.write_results(results)
             self.event(AnalysisDone, analysis="histograms", round=max(rounds), result={"rounds": sorted(rounds)})
         if spec.figures:
             from .figures import run_figures
 
-            self.start_stage("figures")
-            paths = run_figures(self.results, self.dir.path / "figures")
-            self.results["figures"] = [str(p.relative_to(self.dir.path)) for p in paths]
-            self.dir.write_results(self.results)
-            self.event(AnalysisDone, analysis="figures", round=self.round, result={"files": self.results["figures"]})
-
-    def run_analyses(self, spec: AnalysisConfig) -> dict:
-        """Analyses on a run whose rounds are on disk (``dptui analyze``); returns the updated results."""
-        old = self.dir.read_results()
-        if not old or not old.get("rounds"):
-            raise DPError(f"{self.dir.path}: no finished rounds to analyse; run it first")
-        done = len(old["rounds"])
-        late = [r for r in [*spec.instability_rounds, *spec.histogram_rounds] if r > done]
-        if late:
-            raise DPError(f"{self.dir.path}: round {late[0]} is not finished (the run has {done} rounds)")
-        self.results = old
-        model, init, dense = self.start_point()
-        try:
-            self.analyze(model, init, dense, spec)
-        finally:
-            self.results["updated_at"] = time.time()
-            self.dir.write_results(self.results)
-        return self.results
-
+            self.hooks.stage("figures")
+            paths = run_figures(results, inp.run_dir.path / "figures")
+            results["figures"] = [str(p.relative_to(inp.run_dir.path)) for p in paths]
+            inp.run_dir.write_results(results)
+            last = max((row["round"] for row in results["rounds"]), default=0)
+            self.event(AnalysisDone, analysis="figures", round=last, result={"files": results["figures"]})

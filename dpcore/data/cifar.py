@@ -203,11 +203,24 @@ def load_cifar(root: str | Path, spec: CifarSpec) -> tuple[Tensor, Tensor, Tenso
     root = Path(root).expanduser()
     if root.is_file():
         return _load_archive(root, spec)
+    files = (*spec.train_files, spec.test_file, spec.meta_file)
+    partial = None  # (folder, missing files) of an incomplete extracted folder
     for directory in (root / spec.folder, root):
-        if (directory / spec.test_file).is_file() and (directory / spec.meta_file).is_file():
+        present = [f for f in files if (directory / f).is_file()]
+        if len(present) == len(files):
             return _load_folder(directory, spec)
+        if partial is None and (present or (directory == root / spec.folder and directory.is_dir())):
+            partial = directory, ", ".join(f for f in files if f not in present)
     if (root / spec.archive).is_file():
+        if partial is not None:
+            warnings.warn(f"{partial[0]}/ is an incomplete {spec.name} folder (missing {partial[1]}); "
+                          f"reading {root / spec.archive} instead", DataWarning, stacklevel=2)
         return _load_archive(root / spec.archive, spec)
+    if partial is not None:
+        raise DataError(
+            f"{partial[0]}/ is an incomplete {spec.name} folder: missing {partial[1]}; re-extract {spec.archive} "
+            f"there, or put {spec.archive} in {root}"
+        )
     raise DataError(
         f"{spec.name} not found: looked for {root / spec.folder}/ and {root / spec.archive}; pass --data-root DIR "
         f"pointing at the folder that holds {spec.archive} (or its extracted {spec.folder}/)"

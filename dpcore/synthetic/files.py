@@ -274,3 +274,12 @@ def save_meta(meta: dict[str, Any], folder: str | os.PathLike[str]) -> None:
     """Write a set's ``meta.json`` atomically (also to record an evaluation of a cached set)."""
     text = json.dumps(meta, indent=1, sort_keys=True, default=_json_default, allow_nan=True)
     atomic_write(Path(folder) / META_FILE, lambda f: f.write(text.encode("utf-8")))
+
+
+def record_evaluation(folder: str | os.PathLike[str], evaluation: dict[str, Any]) -> None:
+    """Record an evaluation of the set in ``folder`` (a cache entry) in its ``meta.json``: ``evaluation`` and
+    its ``test_acc`` beside method, params and wall time. A folder without a meta.json is left alone."""
+    path = Path(folder) / META_FILE
+    if path.is_file():
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        save_meta({**meta, "evaluation": evaluation, "test_acc": evaluation["test_acc"]}, folder)

@@ -1,62 +1,83 @@
-"""The synthetic sets of an experiment's distilled runs: loaded from files or distilled (through the
-shared cache) on first use, once per source, and shared by every run and seed that uses it."""
+"""Where a distilled run's synthetic set comes from: a file (``synthetic.path``) or a distiller through
+the shared cache (``synthetic.method`` + ``ipc``).
+
+:func:`synthetic_set` is a plain function of the source's settings, the dataset, the device, a progress
+callback and a stop flag; the engine (which emits the events around it) and ``dptui distill`` both call it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import Config, to_dict
-from ..events import DistillDone
+from ..config import ModelConfig, SyntheticConfig, to_dict
+from ..errors import DataError
 from ..models import build_model
 from ..store import config_hash
 from ..training import Stopped
-from .base import SyntheticSet
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..engine import Run
+CACHE_SUBDIR = ("cache", "synthetic")
 
 
-def synthetic_provider(cfg: Config, runs_dir: Path, data_root: str | Path | None):
-    """A function giving a distilled run its synthetic set (``run.cfg.synthetic``: the run's own source)."""
-    from .cache import get_or_distill
+def source_key(sc: SyntheticConfig) -> str:
+    """What identifies a source (its training settings aside): sets with the same key are the same set."""
+    return config_hash({k: v for k, v in to_dict(sc).items() if k in ("method", "path", "ipc", "seed", "params")})
+
+
+def source_label(sc: SyntheticConfig) -> str:
+    return sc.path if sc.path else f"{sc.method} ipc{sc.ipc}"
+
+
+def synthetic_cache_dir(runs_dir: str | Path) -> Path:
+    return Path(runs_dir).joinpath(*CACHE_SUBDIR)
+
+
+def resolve_source_path(path: str, data_root: str | Path | None) -> Path:
+    """``synthetic.path`` as given (absolute, or relative to the working folder), else under the data root."""
+    given = Path(path).expanduser()
+    if given.exists() or given.is_absolute():
+        return given
+    under = Path(data_root or "data").expanduser() / given
+    if under.exists():
+        return under
+    raise DataError(f"synthetic.path '{path}': not found (looked in ./{given} and {under}); "
+                    "pass --data-root pointing at the folder that holds it, or an absolute path")
+
+
+def model_factory(model: ModelConfig, dataset, device: torch.device):
+    """The profile's model for ``dataset`` on ``device`` (a new one per call)."""
+    return lambda: build_model(model.name, num_classes=dataset.num_classes, in_shape=dataset.shape,
+                               **model.options).to(device)
+
+
+def load_source_file(sc: SyntheticConfig, dataset, data_root: str | Path | None):
+    """A file source, checked against ``dataset`` (shape, classes, labels): see :func:`load_synthetic`."""
     from .files import load_synthetic
 
-    made: dict[str, SyntheticSet] = {}  # per source (an experiment may compare several)
+    path = resolve_source_path(sc.path, data_root)
+    syn = load_synthetic(path, dataset)
+    syn.meta.setdefault("source", str(path))
+    syn.meta["cached"] = None  # made elsewhere: neither made now nor reused from our cache
+    return syn
 
-    def provide(run: "Run") -> SyntheticSet:
-        sc = run.cfg.synthetic
-        key = config_hash({k: v for k, v in to_dict(sc).items()
-                           if k in ("method", "path", "ipc", "seed", "params")})
-        if key not in made:
-            if sc.path:
-                path = Path(sc.path).expanduser()
-                if not path.exists():
-                    path = Path(data_root or cfg.data.root or "data") / sc.path
-                syn = load_synthetic(path, run.ds)
-                syn.meta.setdefault("source", str(path))
-                syn.meta["cached"] = True
-            else:
-                def progress(step: int, total: int, loss: float | None) -> None:
-                    run.on_epoch(step, total, torch.tensor(float("nan") if loss is None else loss))
 
-                model_spec = {"name": cfg.model.name, **cfg.model.options}
-                factory = lambda: build_model(cfg.model.name, num_classes=run.ds.num_classes,  # noqa: E731
-                                              in_shape=run.ds.shape, **cfg.model.options).to(run.device)
-                syn, cached = get_or_distill(Path(runs_dir) / "cache" / "synthetic", run.ds, method=sc.method,
-                                             ipc=sc.ipc, model=model_spec, model_factory=factory, seed=sc.seed,
-                                             device=run.device, params=dict(sc.params), progress=progress,
-                                             should_stop=run.should_stop)
-                if syn.meta.get("stopped"):
-                    raise Stopped
-                syn.meta["source"] = f"{sc.method} ipc{sc.ipc}"
-                syn.meta["cached"] = cached
-            made[key] = syn
-        syn = made[key]
-        run.event(DistillDone, source=str(syn.meta.get("source")), images=int(syn.images.shape[0]),
-                  distill_s=syn.meta.get("distill_s"), cached=bool(syn.meta.get("cached")))
-        return syn
+def synthetic_set(sc: SyntheticConfig, dataset, device: torch.device, *, model: ModelConfig,
+                  cache_dir: str | Path, data_root: str | Path | None = None, progress=None, should_stop=None):
+    """The synthetic set of source ``sc`` for ``dataset``: loaded from its file, or distilled (``progress(done,
+    total, loss | None)`` as it goes) and cached under ``cache_dir``, or reused from there.
 
-    return provide
+    ``meta`` gets ``source`` (a label) and ``cached`` (True: reused, False: made now, None: a file).
+    Raises :class:`dpcore.training.Stopped` when ``should_stop`` ends a distillation (nothing is cached)."""
+    from .cache import get_or_distill
+
+    if sc.path:
+        return load_source_file(sc, dataset, data_root)
+    syn, cached = get_or_distill(Path(cache_dir), dataset, method=sc.method, ipc=sc.ipc,
+                                 model={"name": model.name, **model.options},
+                                 model_factory=model_factory(model, dataset, device), seed=sc.seed,
+                                 device=device, params=dict(sc.params), progress=progress, should_stop=should_stop)
+    if syn.meta.get("stopped"):
+        raise Stopped
+    syn.meta.update(source=source_label(sc), cached=cached)
+    return syn
