@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from dpcore.errors import ConfigError, DPError
+from dpcore.errors import ConfigError
 
 from .interrupt import catch_ctrl_c
 
@@ -98,24 +98,6 @@ def report_command(run_dirs: list[Path] = typer.Argument(..., help="run director
 
 # -- analyze -----------------------------------------------------------------------------------------
 
-def run_config(run_dir: Path):
-    """(config, method, seed, run id, variant) of a run directory, from its resolved config.toml."""
-    from dpcore.profiles import read_toml
-
-    path = run_dir / "config.toml"
-    if not path.is_file():
-        raise DPError(f"{run_dir}: not a run directory (no config.toml); see `dptui runs`")
-    raw = read_toml(path)
-    run = dict(raw.get("run", {}))
-    try:
-        method, seed, run_id = run.pop("method"), run.pop("seed"), run.pop("run_id")
-    except KeyError as err:
-        raise DPError(f"{path}: has no run.{err.args[0]}; it was not written by a run") from None
-    variant = run.pop("variant", "")
-    raw["run"] = run
-    return raw, method, int(seed), run_id, variant
-
-
 def analyze_command(run_dir: Path = typer.Argument(..., help="the run's directory (<runs>/<run id>)"),
                     rounds: str = typer.Option("", "--rounds", help="rounds whose masks get the instability analysis, e.g. 3,5 (0 = dense)"),
                     alphas: int = typer.Option(11, "--alphas", help="interpolation points from 0 to 1"),
@@ -126,16 +108,21 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
                     data_root: Optional[str] = typer.Option(None, "--data-root", help="folder holding the datasets"),
                     device: Optional[str] = typer.Option(None, "--device", help="override the run's device (cpu, cuda)")) -> None:
     """Run the instability analysis / weight histograms on an existing run; results go into its results.json."""
-    from dpcore.config import config_from_dict
-    from dpcore.engine import Run, RunPlan, apply_threads, load_data, resolve_device, run_identity
+    from dataclasses import replace
+
+    from dpcore.config import config_from_dict, to_dict
+    from dpcore.engine import Run, apply_threads, load_data, plan_runs, resolve_device
     from dpcore.events import AnalysisDone, fan_out
+    from dpcore.run_config import load_run_config
     from dpcore.summary import instability_table
 
     from .export import to_rich
     from .headless import LiveDisplay
 
-    raw, method, seed, run_id, variant = run_config(run_dir)
-    analysis = {**raw.get("analysis", {}), "instability_rounds": parse_ints("--rounds", rounds),
+    spec = load_run_config(run_dir)
+    method, seed, variant = spec.method, spec.seed, spec.variant
+    raw = to_dict(spec.cfg)
+    analysis = {**raw["analysis"], "instability_rounds": parse_ints("--rounds", rounds),
                 "instability_rewinds": parse_ints("--rewinds", rewinds), "alphas": alphas,
                 "bn_recompute": bn_recompute, "histogram_rounds": parse_ints("--histograms", histograms),
                 "figures": figures}
@@ -156,7 +143,8 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
                           + "/".join(f"{100 * a:.2f}%" for a in r["end_acc"]))
 
     dataset = load_data(cfg, data_root, dev)
-    plan = RunPlan(method, seed, run_id, run_identity(cfg, method, seed, dev), variant)
+    (plan,) = plan_runs(cfg, dev)  # other analyses (or device): another identity, but the same run
+    plan = replace(plan, run_id=spec.run_id)
     stop, restore_sigint = catch_ctrl_c(console)
     run = Run(cfg, plan, dataset, run_dir.parent, sink=fan_out(display, on_done), should_stop=stop.is_set)
     from dpcore.training import Stopped

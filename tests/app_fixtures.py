@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from textual.css.query import NoMatches
+
 from dpcore.events import (DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted, RunDone,
                            RunFailed, RunStarted, StageStarted)
 
@@ -122,15 +124,43 @@ def run_async(fn):
     return wrapper
 
 
-async def wait_for(pilot, predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    """Let the app run until ``predicate()`` holds (the app's workers are real threads)."""
+WAIT_S = 30.0  # the upper bound of every wait: generous, for a loaded 2-core machine; never a sleep
+
+
+def holds(predicate: Callable[[], Any]) -> bool:
+    """``predicate()``, with "not yet" for widgets missing while a screen is (re)built."""
+    try:
+        return bool(predicate())
+    except NoMatches:
+        return False
+
+
+async def wait_for(pilot, predicate: Callable[[], Any], timeout: float = WAIT_S, what: str = "") -> None:
+    """Let the app run until ``predicate()`` holds (polled: the app's workers are real threads); a predicate
+    that queries widgets may find none while a screen rebuilds, which counts as not yet."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
-    while not predicate():
+    while not holds(predicate):
         if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await pilot.pause(0.02)
-    await pilot.pause()
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+        if pilot.app.is_running:
+            await pilot.pause(0.02)  # the poll interval; the state decides
+        else:
+            await asyncio.sleep(0.02)  # an app that quits has no screen to wait on
+    if pilot.app.is_running:
+        await pilot.pause()
+
+
+def on_screen(app, name: str) -> bool:
+    """``app`` shows a screen of class ``name`` whose widgets are all mounted (a dashboard screen's ``ready``,
+    a dialog's mount)."""
+    screen = app.screen
+    return type(screen).__name__ == name and bool(getattr(screen, "ready", screen.is_mounted))
+
+
+def settled(app, name: str) -> bool:
+    """``app`` shows a ready ``name`` screen that has drawn the store as the app knows it now."""
+    return app.loaded and on_screen(app, name) and app.screen.up_to_date
 
 
 def screen_text(app) -> str:

@@ -5,8 +5,8 @@ import json
 from textual.widgets import OptionList, SelectionList
 from textual_plotext import PlotextPlot
 
-from app_fixtures import (CIFAR, DIST0, DIST1, IMP0, IMP1, RAND0, demo_store, make_test_app, round_row, run_async,
-                          screen_text, wait_for)
+from app_fixtures import (CIFAR, DIST0, DIST1, IMP0, IMP1, RAND0, demo_store, make_test_app, on_screen, round_row,
+                          run_async, screen_text, settled, wait_for)
 from dpcore.summary import experiment_tables
 from dptui.app.compare_screen import curves, t2m_summary
 from dptui.app.model import build_view
@@ -17,10 +17,13 @@ DEMO = [IMP0, IMP1, DIST0, DIST1, RAND0]
 
 
 async def open_screen(app, pilot, opener, name):
-    await wait_for(pilot, lambda: app.loaded)
+    await wait_for(pilot, lambda: settled(app, "RunsScreen"), what="the store to load")
     opener()
-    await wait_for(pilot, lambda: type(app.screen).__name__ == name and app.screen.ready, what=name)
-    await pilot.pause()
+    await wait_for(pilot, lambda: settled(app, name), what=name)
+
+
+async def shows(app, pilot, text: str) -> None:
+    await wait_for(pilot, lambda: text in screen_text(app), what=f"{text!r} on the screen")
 
 
 def test_curves_average_seeds_per_method_and_keep_the_dense_line(tmp_path):
@@ -59,21 +62,24 @@ async def test_compare_plots_the_runs_shows_time_to_mask_and_the_speedup_table(t
     app = make_test_app(runs)
     async with app.run_test(size=(100, 30)) as pilot:
         await open_screen(app, pilot, lambda: app.open_compare(DEMO), "CompareScreen")
-        text = screen_text(app)
-        assert "Compare  5 runs: demo" in text
-        assert "distilled 3.71x faster than imp at 48.80%" in text
+        await shows(app, pilot, "Compare  5 runs: demo")
+        assert "distilled 3.71x faster than imp at 48.80%" in screen_text(app)
         plot = app.screen.query_one(PlotextPlot)
         assert "imp" in plot.plt.build() and "distilled" in plot.plt.build()
         results = [json.loads((runs / r / "results.json").read_text()) for r in DEMO]
         results = [{**r, "status": r["status"]} for r in results]
-        rounds, speedup = experiment_tables(results)
+        rounds, speedup = experiment_tables(results)[:2]  # (then the Failed runs table: imp s1 failed)
         assert app.screen.current_table().title == rounds.title
         await pilot.press("t")
         assert app.screen.current_table().title == speedup.title
         assert len(app.screen.query_one(RowTable).keys) == len(speedup.rows) == 3
-        await pilot.press("e", "m", "e", "h")
         out = runs / "exports" / "compare-Speed-up-of-distilled-over-imp"
-        await wait_for(pilot, lambda: out.with_suffix(".html").exists())
+        for key, suffix in (("m", ".md"), ("h", ".html")):
+            await pilot.press("e")
+            await wait_for(pilot, lambda: on_screen(app, "ExportModal"), what="the export dialog")
+            await pilot.press(key)
+            await wait_for(pilot, lambda: out.with_suffix(suffix).exists() and on_screen(app, "CompareScreen"),
+                           what=f"the {suffix} export")
         assert out.with_suffix(".md").read_text() == to_markdown([speedup])  # same as the headless export
         assert out.with_suffix(".html").read_text() == to_html([speedup], f"dptui: {speedup.title}")
 
@@ -87,14 +93,15 @@ async def test_picking_runs_in_compare(tmp_path):
         assert sorted(pick.selected) == sorted([IMP0, DIST0])
         assert app.focused is pick
         await pilot.press("home", "space")  # cifar imp s0
-        assert sorted(app.screen.run_ids) == sorted([CIFAR, IMP0, DIST0])
-        assert "cifar: time-to-mask imp" in screen_text(app)
+        await wait_for(pilot, lambda: sorted(app.screen.run_ids) == sorted([CIFAR, IMP0, DIST0]), what="cifar picked")
+        await shows(app, pilot, "cifar: time-to-mask imp")
         await pilot.press("a")  # all -> none
-        assert app.screen.run_ids == [] and "pick two or more runs" in screen_text(app)
+        await wait_for(pilot, lambda: app.screen.run_ids == [], what="none picked")
+        await shows(app, pilot, "pick two or more runs")
         await pilot.press("a")
-        assert len(app.screen.run_ids) == 6
+        await wait_for(pilot, lambda: len(app.screen.run_ids) == 6, what="all picked")
         await pilot.press("escape")
-        assert type(app.screen).__name__ == "RunsScreen"
+        await wait_for(pilot, lambda: on_screen(app, "RunsScreen"), what="the runs screen")
 
 
 @run_async
@@ -103,18 +110,22 @@ async def test_interpolation_curves_and_the_empty_state(tmp_path):
     app = make_test_app(runs)
     async with app.run_test(size=(100, 30)) as pilot:
         await open_screen(app, pilot, lambda: app.open_interpolation(IMP0), "InterpolationScreen")
-        assert "No interpolation analysis for demo imp s0 yet" in screen_text(app)
+        await shows(app, pilot, "No interpolation analysis for demo imp s0 yet")
         assert app.screen.current_table() is None
         runs_list = app.screen.query_one(OptionList)
         assert "* demo distilled s0 · done" in str(runs_list.get_option_at_index(3).prompt)
         runs_list.highlighted = 3
-        await wait_for(pilot, lambda: app.screen.run_id == DIST0 and app.screen.query_one(RowTable).keys)
+        await wait_for(pilot, lambda: app.screen.run_id == DIST0 and app.screen.query_one(RowTable).keys,
+                       what="distilled s0's curves")
         assert len(app.screen.query_one(RowTable).keys) == 3
         table = app.screen.current_table()
         assert [round(getattr(r["instability"], "mean", r["instability"]), 2) for r in table.rows] == [0.02, 0.04, 0.06]
         assert [r["round"] for r in table.rows] == [1, 2, 3]
         assert "round 3 k=0" in app.screen.query_one(PlotextPlot).plt.build()
-        await pilot.press("e", "c")
-        await wait_for(pilot, lambda: (runs / "exports" / f"instability-{DIST0}.csv").exists())
+        await pilot.press("e")
+        await wait_for(pilot, lambda: on_screen(app, "ExportModal"), what="the export dialog")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: (runs / "exports" / f"instability-{DIST0}.csv").exists()
+                       and on_screen(app, "InterpolationScreen"), what="the csv export")
         await pilot.press("escape")
-        assert type(app.screen).__name__ == "RunsScreen"
+        await wait_for(pilot, lambda: on_screen(app, "RunsScreen"), what="the runs screen")

@@ -4,8 +4,8 @@ import json
 
 from textual.widgets import Log, ProgressBar, Sparkline, Static
 
-from app_fixtures import (DIST1, IMP0, IMP1, RAND0, demo_store, launch_entry, make_test_app, round_row,
-                          run_async, screen_text, wait_for)
+from app_fixtures import (DIST1, IMP0, IMP1, RAND0, demo_store, launch_entry, make_test_app, on_screen,
+                          round_row, run_async, screen_text, settled, wait_for)
 from dpcore.events import EpochProgress, RoundDone, RunDone
 from dpcore.summary import rounds_table
 from dptui.app.widgets import RowTable
@@ -13,17 +13,21 @@ from dptui.export import to_csv, to_markdown
 
 
 def append(path, *events, raw=""):
+    """Append the events (and ``raw`` text) in one write, as the engine appends a line."""
+    text = "".join(json.dumps(ev.to_dict()) + "\n" for ev in events) + raw
     with open(path, "a") as f:
-        for ev in events:
-            f.write(json.dumps(ev.to_dict()) + "\n")
-        f.write(raw)
+        f.write(text)
+
+
+def detail_shows(app, run_id) -> bool:
+    """Run detail of ``run_id`` has drawn everything the app knows of it, its events included."""
+    return settled(app, "DetailScreen") and app.screen.run_id == run_id and run_id in app.lives
 
 
 async def open_detail(app, pilot, run_id):
-    await wait_for(pilot, lambda: app.loaded)
+    await wait_for(pilot, lambda: settled(app, "RunsScreen"), what="the store to load")
     app.open_detail(run_id)
-    await wait_for(pilot, lambda: type(app.screen).__name__ == "DetailScreen" and app.screen.ready and run_id in app.lives
-                   and app.screen.query_one(RowTable).keys, what="the detail screen")
+    await wait_for(pilot, lambda: detail_shows(app, run_id), what="the detail screen")
 
 
 @run_async
@@ -31,9 +35,10 @@ async def test_a_running_run_shows_rounds_progress_eta_charts_and_log(tmp_path):
     app = make_test_app(demo_store(tmp_path / "runs"))
     async with app.run_test(size=(100, 30)) as pilot:
         await open_detail(app, pilot, DIST1)
+        await wait_for(pilot, lambda: "ETA 12.5s" in screen_text(app), what="the epoch in flight")
         text = screen_text(app)
         assert "distilled seed 1" in text and "running" in text and "round 2/3" in text
-        assert "round 3 · inner · epoch 150/300 · loss 0.250" in text and "ETA 12.5s" in text
+        assert "round 3 · inner · epoch 150/300 · loss 0.250" in text
         bar = app.screen.query_one("#epoch", ProgressBar)
         assert (bar.progress, bar.total) == (150, 300)
         assert app.screen.query_one(RowTable).keys == ["dense-0", "distilled-1", "distilled-2"]
@@ -54,8 +59,10 @@ async def test_rounds_arrive_live_and_the_run_finishes(tmp_path):
         # A half-written line first: nothing breaks, the rest arrives with the next write.
         full = json.dumps(RoundDone(DIST1, t=2e9, row=row).to_dict()) + "\n"
         append(events, raw=full[:30])
-        await pilot.pause(0.2)
-        assert app.screen.query_one(RowTable).keys[-1] == "distilled-2"
+        follower = app.followers[DIST1].events
+        await wait_for(pilot, lambda: follower.partial == full[:30].encode() and detail_shows(app, DIST1),
+                       what="the follower to read the half line")
+        assert app.screen.query_one(RowTable).keys[-1] == "distilled-2" and follower.bad_lines == 0
         append(events, raw=full[30:])
         await wait_for(pilot, lambda: app.screen.query_one(RowTable).keys[-1] == "distilled-3", what="round 3")
         res = json.loads((runs / DIST1 / "results.json").read_text())
@@ -63,9 +70,9 @@ async def test_rounds_arrive_live_and_the_run_finishes(tmp_path):
         res["status"] = "done"
         (runs / DIST1 / "results.json").write_text(json.dumps(res))
         append(events, RunDone(DIST1, t=2e9 + 1, status="done", rounds_done=3, wall_s=50.0))
-        await wait_for(pilot, lambda: "done" in str(app.screen.query_one("#title", Static).render()),
-                       what="the run to finish")
-        assert "round 3/3" in screen_text(app) and app.views[DIST1].status == "done"
+        await wait_for(pilot, lambda: "done" in str(app.screen.query_one("#title", Static).render())
+                       and detail_shows(app, DIST1) and app.views[DIST1].status == "done", what="the run to finish")
+        await wait_for(pilot, lambda: "round 3/3" in screen_text(app), what="round 3/3 on the screen")
         assert "ETA" not in screen_text(app)
 
 
@@ -79,9 +86,9 @@ async def test_a_burst_of_progress_events_costs_one_update(tmp_path):
         burst = [EpochProgress(DIST1, t=2e9 + i, stage="inner", round=3, epoch=i, epochs=2000, loss=0.1,
                                elapsed_s=i / 100, eta_s=(2000 - i) / 100) for i in range(1, 2001)]
         append(runs / DIST1 / "events.jsonl", *burst)
-        await wait_for(pilot, lambda: app.lives[DIST1].epoch == 2000, what="the burst")
+        await wait_for(pilot, lambda: app.lives[DIST1].epoch == 2000 and detail_shows(app, DIST1), what="the burst")
         assert app.counts["run_changed"] - before <= 2
-        assert "epoch 2000/2000" in screen_text(app)
+        await wait_for(pilot, lambda: "epoch 2000/2000" in screen_text(app), what="the last epoch on the screen")
 
 
 @run_async
@@ -91,7 +98,7 @@ async def test_a_failed_run_shows_its_error(tmp_path):
         await open_detail(app, pilot, IMP1)
         error = str(app.screen.query_one("#error", Static).render())
         assert "error: RuntimeError: CUDA out of memory" in error
-        assert "failed" in screen_text(app)
+        await wait_for(pilot, lambda: "failed" in screen_text(app), what="the failed status on the screen")
 
 
 @run_async
@@ -106,10 +113,10 @@ async def test_a_run_that_failed_before_starting_shows_the_error_and_its_log(tmp
     e.info = {"experiment": "tiny", "method": "imp", "seed": 0, "rounds": 3}
     app.launcher.fake_entries = {rid: e}
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: app.loaded)
+        await wait_for(pilot, lambda: settled(app, "RunsScreen"), what="the store to load")
         app.open_detail(rid)
-        await wait_for(pilot, lambda: getattr(app.screen, "ready", False) and app.screen.query_one(Log).lines and
-                       "does not exist" in app.screen.query_one(Log).lines[-1])
+        await wait_for(pilot, lambda: on_screen(app, "DetailScreen") and app.screen.query_one(Log).lines and
+                       "does not exist" in app.screen.query_one(Log).lines[-1], what="the run's log")
         assert "error: data.path '/nowhere/x.npz' does not exist" in str(app.screen.query_one("#error", Static).render())
         assert app.views[rid].status == "failed"
 
@@ -122,24 +129,39 @@ async def test_detail_bindings(tmp_path):
     async with app.run_test(size=(100, 30)) as pilot:
         await open_detail(app, pilot, IMP0)
         results = json.loads((runs / IMP0 / "results.json").read_text())
-        await pilot.press("e", "m", "e", "c")
         out = runs / "exports" / f"rounds-demo-imp-s0-{IMP0}"
-        await wait_for(pilot, lambda: out.with_suffix(".csv").exists())
+        for key, suffix in (("m", ".md"), ("c", ".csv")):
+            await pilot.press("e")
+            await wait_for(pilot, lambda: on_screen(app, "ExportModal"), what="the export dialog")
+            await pilot.press(key)
+            await wait_for(pilot, lambda: out.with_suffix(suffix).exists() and on_screen(app, "DetailScreen"),
+                           what=f"the {suffix} export")
         # The same table the headless exports write for this run.
         assert out.with_suffix(".md").read_text() == to_markdown([rounds_table([results])])
         assert out.with_suffix(".csv").read_text() == to_csv(rounds_table([results]))
         await pilot.press("p")
-        assert type(app.screen).__name__ == "CompareScreen" and RAND0 in app.screen.run_ids
-        await pilot.press("escape", "i")
-        assert type(app.screen).__name__ == "InterpolationScreen" and app.screen.run_id == IMP0
-        await pilot.press("escape", "r")  # done: nothing to resume
+        await wait_for(pilot, lambda: on_screen(app, "CompareScreen"), what="Compare")
+        assert RAND0 in app.screen.run_ids
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: on_screen(app, "DetailScreen"), what="back to Run detail")
+        await pilot.press("i")
+        await wait_for(pilot, lambda: on_screen(app, "InterpolationScreen"), what="Interpolation")
+        assert app.screen.run_id == IMP0
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: on_screen(app, "DetailScreen"), what="back to Run detail")
+        await pilot.press("r")  # done: nothing to resume
         assert app.launcher.calls == []
         await pilot.press("escape")
+        await wait_for(pilot, lambda: on_screen(app, "RunsScreen"), what="the runs screen")
         app.open_detail(DIST1)
-        await wait_for(pilot, lambda: getattr(app.screen, "run_id", None) == DIST1 and app.screen.ready)
-        await pilot.press("c", "y")
+        await wait_for(pilot, lambda: detail_shows(app, DIST1), what="distilled s1's detail")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: on_screen(app, "ConfirmModal"), what="the cancel question")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.launcher.calls, what="the cancel")
         assert app.launcher.calls == [("cancel", DIST1)]
+        await wait_for(pilot, lambda: on_screen(app, "DetailScreen"), what="back to Run detail")
         await pilot.press("escape")
-        assert type(app.screen).__name__ == "RunsScreen"
+        await wait_for(pilot, lambda: on_screen(app, "RunsScreen"), what="the runs screen")
         assert DIST1 in app.watched or app.views[DIST1].active  # still followed: it is running
         assert IMP0 not in app.watched

@@ -7,10 +7,10 @@ import pytest
 
 from app_fixtures import DIST1, IMP0, demo_store, write_run
 from dpcore.events import EpochProgress, RoundDone, RunStarted
-from dpcore.profiles import load_profile, parse_override
+from dpcore.profiles import parse_override
 from dptui.app.follow import EventFollower, Mailbox, RunFollower, StoreScanner, tail_lines
 from dptui.app.launch_screen import toml_literal
-from dptui.app.launcher import LaunchEntry, config_for_run, last_error
+from dptui.app.launcher import LaunchEntry, last_error
 from dptui.app.model import RunLive, build_view, effective_status, runs_listing
 
 
@@ -133,21 +133,6 @@ def test_form_values_read_back_as_typed(value):
     assert parse_override(f"x.y={text}")[1] == value
 
 
-def test_config_for_run_rebuilds_a_headless_run(tmp_path, tiny_profile):
-    from dpcore.engine import plan_runs
-    from dpcore.store import RunDir
-    from dpcore.config import to_dict
-    import torch
-
-    cfg, _ = load_profile(str(tiny_profile))
-    plan = plan_runs(cfg, torch.device("cpu"))[1]
-    RunDir(tmp_path, plan.run_id).create({**to_dict(cfg), "run": {**to_dict(cfg.run), "method": plan.method,
-                                                                  "seed": plan.seed, "device": "cpu",
-                                                                  "run_id": plan.run_id}})
-    again, device = config_for_run(tmp_path, plan.run_id)
-    assert device == "cpu" and again.prune.methods == [plan.method] and again.run.seeds == [plan.seed]
-
-
 def test_last_error_finds_the_cli_error_line_or_the_traceback(tmp_path):
     log = tmp_path / "x.log"
     log.write_text("starting\nerror: data.path '/nowhere/x.npz' does not exist\n")
@@ -170,18 +155,31 @@ def test_override_box_splits_like_the_command_line_without_a_shell():
         split_overrides("prune.methods=[imp")
 
 
-def test_instability_table_with_or_without_the_library_one(monkeypatch):
-    import dpcore.summary
+def test_instability_table_is_the_reports_table_of_the_well_formed_entries():
     from app_fixtures import instability_curves
+    from dpcore.summary import instability_table as report_table
     from dptui.app.model import instability_items, instability_table
 
-    res = {"run_id": "r", "method": "distilled", "seed": 0, "rounds": [], "instability": instability_curves()
-           + [{"round": 9, "alphas": [0, 1], "test_acc": [0.5]}]}  # a malformed entry is skipped
-    assert [i["rewind_text"] for i in instability_items(res)] == ["k=0", "k=0", "k=0"]
-    monkeypatch.delattr(dpcore.summary, "instability_table", raising=False)
+    good = instability_curves()
+    res = {"run_id": "r", "method": "distilled", "seed": 0, "rounds": [],
+           "instability": good + [{"round": 9, "alphas": [0, 1], "test_acc": [0.5]},  # lengths differ
+                                  {**good[0], "round": 4, "rewind": None}]}  # no rewind point
+    assert [(i["round"], i["rewind_text"]) for i in instability_items(res)] == [(1, "k=0"), (2, "k=0"), (3, "k=0")]
     table = instability_table(res)
-    assert [(r["round"], r["rewind"], round(r["instability"], 2)) for r in table.rows] == \
+    assert table.rows == report_table([{**res, "instability": good}]).rows
+    assert [(r["round"], r["rewind"], round(r["instability"].mean, 2)) for r in table.rows] == \
         [(1, "k=0", 0.02), (2, "k=0", 0.04), (3, "k=0", 0.06)]
+
+
+def test_an_analysis_event_is_logged_from_its_typed_fields():
+    from dpcore.events import AnalysisDone, event_from_dict
+
+    ev = event_from_dict(AnalysisDone("a", t=3.0, analysis="instability", round=2,
+                                      result={"instability": 0.0123, "sparsity": 0.36}).to_dict())
+    assert isinstance(ev, AnalysisDone)
+    live = RunLive("a")
+    live.fold(ev)
+    assert live.log[-1].endswith("analysis instability done (round 2): instability 1.23%")
 
 
 def test_a_variant_run_is_listed_and_logged_with_its_synthetic_source():
@@ -195,19 +193,3 @@ def test_a_variant_run_is_listed_and_logged_with_its_synthetic_source():
     (row,) = runs_listing([view]).rows
     assert row["method"] == "distilled gm ipc10"
     assert view.results_for_tables()["variant"] == "gm ipc10"
-
-
-def test_config_for_run_keeps_a_variant_runs_source_and_label(tmp_path, tiny_profile):
-    import torch
-
-    from dpcore.engine import plan_runs, run_experiment
-
-    variants = ('synthetic.variants=[{method="random-subset"}, '
-                '{name="dm-3", method="dm", params={iterations=3, batch_real=16}}]')
-    cfg, _ = load_profile(str(tiny_profile), [variants, "prune.methods=['distilled']", "prune.rounds=1"])
-    results = run_experiment(cfg, tmp_path)
-    for res in results:
-        again, _ = config_for_run(tmp_path, res["run_id"])
-        (plan,) = plan_runs(again, torch.device("cpu"))
-        assert (plan.run_id, plan.variant) == (res["run_id"], res["variant"])
-    assert again.synthetic.method == "dm" and again.synthetic.params["iterations"] == 3

@@ -3,7 +3,7 @@
 import json
 
 from app_fixtures import (CIFAR, DIST0, DIST1, IMP0, IMP1, RAND0, demo_store, launch_entry, make_test_app,
-                          run_async, screen_text, wait_for, write_run)
+                          on_screen, run_async, screen_text, settled, wait_for, write_run)
 from dptui.app.widgets import RowTable
 from dptui.export import to_csv, to_html, to_markdown
 
@@ -11,8 +11,16 @@ ORDER = [CIFAR, IMP0, IMP1, DIST0, DIST1, RAND0]  # experiment, method order, se
 
 
 async def started(app, pilot):
-    await wait_for(pilot, lambda: app.loaded and len(app.screen.query_one(RowTable).keys) == len(app.views),
+    await wait_for(pilot, lambda: settled(app, "RunsScreen") and len(table(app).keys) == len(app.views),
                    what="the store to load")
+
+
+async def shows(app, pilot, text: str) -> None:
+    await wait_for(pilot, lambda: text in screen_text(app), what=f"{text!r} on the screen")
+
+
+async def at(app, pilot, name: str) -> None:
+    await wait_for(pilot, lambda: on_screen(app, name), what=f"the {name}")
 
 
 def cells_of(app, run_id) -> list[str]:
@@ -30,16 +38,15 @@ async def test_lists_every_run_with_its_state_and_updates_live(tmp_path):
     async with app.run_test(size=(100, 30)) as pilot:
         await started(app, pilot)
         assert table(app).keys == ORDER
-        text = screen_text(app)
-        assert "6 runs · 1 running · 1 failed" in text
+        await shows(app, pilot, "6 runs · 1 running · 1 failed")
         cells = {k: cells_of(app, k) for k in ORDER}
         assert cells[DIST1][1:7] == ["demo", "distilled", "1", "running", "2/3", "36.00"]
         assert cells[IMP1][4] == "failed" and cells[CIFAR][5] == "1/4"
         # A new run appears, a running one finishes: no key pressed.
         write_run(runs, "0" * 16, method="random", seed=1, status="running", rounds=1)
         write_run(runs, DIST1, method="distilled", seed=1, status="done", rounds=3)
-        await wait_for(pilot, lambda: "0" * 16 in table(app).keys and
-                       cells_of(app, DIST1)[4] == "done", what="the live update")
+        await wait_for(pilot, lambda: "0" * 16 in table(app).keys and cells_of(app, DIST1)[4] == "done"
+                       and settled(app, "RunsScreen"), what="the live update")
         assert cells_of(app, DIST1)[5] == "3/3"
 
 
@@ -50,22 +57,28 @@ async def test_sort_reverse_and_filter(tmp_path):
         await started(app, pilot)
         await pilot.press("s", "s")  # experiment, then method
         assert table(app).keys[:3] == [DIST0, DIST1, CIFAR]  # "distilled" < "imp"
-        assert "method ▲" in screen_text(app)
+        await shows(app, pilot, "method ▲")
         await pilot.press("s", "s")  # seed, then status
         assert [cells_of(app, k)[4] for k in table(app).keys] == \
                ["done", "done", "done", "failed", "running", "stopped"]
         await pilot.press("S")
-        assert cells_of(app, table(app).keys[0])[4] == "stopped" and "status ▼" in screen_text(app)
+        assert cells_of(app, table(app).keys[0])[4] == "stopped"
+        await shows(app, pilot, "status ▼")
         await pilot.press("slash", *"fail")
-        assert table(app).keys == [IMP1] and "filter 'fail': 1 shown" in screen_text(app)
+        await wait_for(pilot, lambda: table(app).keys == [IMP1], what="the filtered rows")
+        await shows(app, pilot, "filter 'fail': 1 shown")
         await pilot.press("enter")  # back to the table, filter kept
-        assert app.focused is table(app) and table(app).keys == [IMP1]
+        await wait_for(pilot, lambda: app.focused is table(app), what="the table's focus")
+        assert table(app).keys == [IMP1]
         await pilot.press("escape")
-        assert len(table(app).keys) == 6
+        await wait_for(pilot, lambda: len(table(app).keys) == 6, what="the filter cleared")
         await pilot.press("slash", *"demo imp")
-        assert sorted(table(app).keys) == sorted([IMP0, IMP1])
-        await pilot.press("escape", "slash", *"zzz")
-        assert table(app).keys == [] and "No run matches the filter" in screen_text(app)
+        await wait_for(pilot, lambda: sorted(table(app).keys) == sorted([IMP0, IMP1]), what="the filtered rows")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: len(table(app).keys) == 6, what="the filter cleared")
+        await pilot.press("slash", *"zzz")
+        await wait_for(pilot, lambda: table(app).keys == [], what="no row")
+        await shows(app, pilot, "No run matches the filter")
 
 
 @run_async
@@ -74,17 +87,21 @@ async def test_enter_opens_detail_and_keys_open_the_other_screens(tmp_path):
     async with app.run_test(size=(100, 30)) as pilot:
         await started(app, pilot)
         await pilot.press("down", "enter")
-        assert type(app.screen).__name__ == "DetailScreen" and app.screen.run_id == IMP0
-        await pilot.press("escape", "i")
-        assert type(app.screen).__name__ == "InterpolationScreen" and app.screen.run_id == IMP0
-        await pilot.press("escape", "l")
-        assert type(app.screen).__name__ == "LaunchScreen"
+        await at(app, pilot, "DetailScreen")
+        assert app.screen.run_id == IMP0
+        for key, name in (("i", "InterpolationScreen"), ("l", "LaunchScreen")):
+            await pilot.press("escape")
+            await at(app, pilot, "RunsScreen")
+            await pilot.press(key)
+            await at(app, pilot, name)
+        assert app.screen.profile == "quickstart"
         await pilot.press("escape")
-        assert type(app.screen).__name__ == "RunsScreen"
+        await at(app, pilot, "RunsScreen")
+        assert app.screen.selected == IMP0
         await pilot.press("f1")
-        assert app.screen.query("HelpPanel")
+        await wait_for(pilot, lambda: app.screen.query("HelpPanel"), what="the key help")
         await pilot.press("f1")
-        assert not app.screen.query("HelpPanel")
+        await wait_for(pilot, lambda: not app.screen.query("HelpPanel"), what="the key help to close")
 
 
 @run_async
@@ -93,10 +110,17 @@ async def test_mark_runs_then_compare_them_or_compare_the_experiment(tmp_path):
     async with app.run_test(size=(100, 30)) as pilot:
         await started(app, pilot)
         await pilot.press("down", "m", "down", "down", "m")  # imp s0 and distilled s0
-        assert "2 marked" in screen_text(app) and cells_of(app, IMP0)[0] == "●"
+        assert app.screen.marked == {IMP0, DIST0} and cells_of(app, IMP0)[0] == "●"
+        await shows(app, pilot, "2 marked")
         await pilot.press("p")
-        assert type(app.screen).__name__ == "CompareScreen" and app.screen.run_ids == [IMP0, DIST0]
-        await pilot.press("escape", "m", "up", "up", "m", "p")  # unmark both: compare the experiment
+        await at(app, pilot, "CompareScreen")
+        assert app.screen.run_ids == [IMP0, DIST0]
+        await pilot.press("escape")
+        await at(app, pilot, "RunsScreen")
+        await pilot.press("m", "up", "up", "m")  # unmark both: compare the experiment
+        assert app.screen.marked == set()
+        await pilot.press("p")
+        await at(app, pilot, "CompareScreen")
         assert app.screen.run_ids == [IMP0, IMP1, DIST0, DIST1, RAND0]
 
 
@@ -110,11 +134,16 @@ async def test_cancel_asks_first_and_only_for_live_runs(tmp_path):
         await pilot.press("down", "c")  # imp s0 is done
         assert type(app.screen).__name__ == "RunsScreen" and app.launcher.calls == []
         table(app).move_cursor(row=ORDER.index(DIST1))
+        await wait_for(pilot, lambda: app.screen.selected == DIST1, what="the cursor on distilled s1")
         await pilot.press("c")
-        assert type(app.screen).__name__ == "ConfirmModal"
+        await at(app, pilot, "ConfirmModal")
         await pilot.press("n")
+        await at(app, pilot, "RunsScreen")
         assert app.launcher.calls == []
-        await pilot.press("c", "y")
+        await pilot.press("c")
+        await at(app, pilot, "ConfirmModal")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.launcher.calls, what="the cancel")
         assert app.launcher.calls == [("cancel", DIST1)]
 
 
@@ -124,9 +153,11 @@ async def test_resume_only_for_stopped_or_failed_runs(tmp_path):
     async with app.run_test(size=(100, 30)) as pilot:
         await started(app, pilot)
         await pilot.press("down", "r")  # done
-        assert app.launcher.calls == []
+        assert app.screen.selected == IMP0 and app.launcher.calls == []
         await pilot.press("down", "r")  # imp s1 failed
+        await wait_for(pilot, lambda: app.launcher.calls == [("resume", IMP1)], what="imp s1's resume")
         await pilot.press("up", "up", "r")  # cifar stopped
+        await wait_for(pilot, lambda: len(app.launcher.calls) == 2, what="cifar's resume")
         assert app.launcher.calls == [("resume", IMP1), ("resume", CIFAR)]
 
 
@@ -138,16 +169,22 @@ async def test_export_the_table_as_csv_markdown_html_and_svg(tmp_path):
         await started(app, pilot)
         expected = app.screen.current_table()
         assert [r["run_id"] for r in expected.rows] == ORDER
-        await pilot.press("e", "c", "e", "m", "e", "h", "e", "s")
-        await wait_for(pilot, lambda: (runs / "exports" / "runs.svg").exists(), what="the svg")
         out = runs / "exports"
+        for key, fmt in (("c", "csv"), ("m", "md"), ("h", "html"), ("s", "svg")):
+            await pilot.press("e")
+            await at(app, pilot, "ExportModal")
+            await pilot.press(key)
+            await wait_for(pilot, lambda: (out / f"runs.{fmt}").exists(), what=f"runs.{fmt}")
+            await at(app, pilot, "RunsScreen")
         assert (out / "runs.csv").read_text() == to_csv(expected)
         assert (out / "runs.md").read_text() == to_markdown([expected])
         assert (out / "runs.html").read_text() == to_html([expected], "dptui: Runs")
         svg = (out / "runs.svg").read_text()
         assert svg.startswith("<svg") and "screenshot" not in svg  # the dialog was gone
-        await pilot.press("e", "escape")
-        assert type(app.screen).__name__ == "RunsScreen"
+        await pilot.press("e")
+        await at(app, pilot, "ExportModal")
+        await pilot.press("escape")
+        await at(app, pilot, "RunsScreen")
 
 
 @run_async
@@ -155,22 +192,23 @@ async def test_theme_toggle_quit_and_a_small_terminal(tmp_path):
     app = make_test_app(demo_store(tmp_path / "runs"))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(app, pilot)
+        await shows(app, pilot, "f1 Keys")
         text = screen_text(app)
-        assert "distilled" in text and "status" in text and "f1 Keys" in text
+        assert "distilled" in text and "status" in text
         await pilot.press("ctrl+t")
         assert app.theme == "textual-light"
         await pilot.press("ctrl+t")
         assert app.theme == "textual-dark"
         await pilot.press("q")
-        assert not app.is_running
+        await wait_for(pilot, lambda: not app.is_running, what="the app to quit")
 
 
 @run_async
 async def test_an_empty_store_says_how_to_start(tmp_path):
     app = make_test_app(tmp_path / "runs")
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: app.loaded)
-        assert "Press l to launch a profile" in screen_text(app)
+        await wait_for(pilot, lambda: settled(app, "RunsScreen"), what="the empty store")
+        await shows(app, pilot, "Press l to launch a profile")
 
 
 @run_async
@@ -183,7 +221,7 @@ async def test_a_launched_run_that_has_not_started_shows_as_queued(tmp_path):
               "model": "lenet-300-100", "device": "cpu", "rounds": 3}
     app.launcher.fake_entries = {rid: e}
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: table(app).keys == [rid])
+        await wait_for(pilot, lambda: settled(app, "RunsScreen") and table(app).keys == [rid], what="the queued run")
         row = cells_of(app, rid)
         assert row[1:6] == ["quickstart", "imp", "0", "queued", "0/3"]
         assert json.dumps(app.active_run_count()) == "1"

@@ -4,7 +4,7 @@ after a deliberate UI change (and regenerate ``screenshots/`` with ``scripts/scr
 
 import pytest
 
-from app_fixtures import DIST0, DIST1, IMP0, IMP1, demo_store, make_test_app
+from app_fixtures import DIST0, DIST1, IMP0, IMP1, demo_store, make_test_app, settled, wait_for
 
 SIZE = (100, 30)
 PROFILE = """
@@ -45,31 +45,20 @@ def app_for(store, **kw):
     return make_test_app(Path("runs"), **kw)
 
 
-def until(predicate, *then):
+def until(predicate):
+    """Wait for the screen's state (never for a duration), then for its scheduled animations."""
     async def run_before(pilot):
-        for _ in range(500):
-            if predicate(pilot.app):
-                break
-            await pilot.pause(0.02)
-        else:
-            raise AssertionError("the screen never got ready")
-        for step in then:
-            step(pilot.app)
-            for _ in range(500):
-                if getattr(pilot.app.screen, "ready", False):
-                    break
-                await pilot.pause(0.02)
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: predicate(pilot.app), what="the screen to be ready")
+        await pilot.wait_for_scheduled_animations()
     return run_before
 
 
 def loaded(app):
-    return app.loaded and getattr(app.screen, "ready", False) and app.screen.query("RowTable").first().keys
+    return settled(app, "RunsScreen") and app.screen.query_one("RowTable").keys
 
 
 def detail_ready(run_id):
-    return lambda app: (getattr(app.screen, "ready", False) and run_id in app.lives
-                        and app.screen.query("Log").first().lines)
+    return lambda app: (settled(app, "DetailScreen") and run_id in app.lives and app.screen.query_one("Log").lines)
 
 
 def test_runs(store, snap_compare):
@@ -104,7 +93,7 @@ def test_compare(store, snap_compare):
     async def run_before(pilot):
         await until(loaded)(pilot)
         pilot.app.open_compare(pilot.app.experiment_of(IMP0))
-        await until(lambda a: getattr(a.screen, "ready", False))(pilot)
+        await until(lambda a: settled(a, "CompareScreen"))(pilot)
     assert snap_compare(app_for(store), terminal_size=SIZE, run_before=run_before)
 
 
@@ -112,7 +101,7 @@ def test_interpolation(store, snap_compare):
     async def run_before(pilot):
         await until(loaded)(pilot)
         pilot.app.open_interpolation(DIST0)
-        await until(lambda a: getattr(a.screen, "ready", False) and a.screen.query("RowTable").first().keys)(pilot)
+        await until(lambda a: settled(a, "InterpolationScreen") and a.screen.query_one("RowTable").keys)(pilot)
     assert snap_compare(app_for(store), terminal_size=SIZE, run_before=run_before)
 
 
@@ -120,7 +109,7 @@ def test_interpolation_empty(store, snap_compare):
     async def run_before(pilot):
         await until(loaded)(pilot)
         pilot.app.open_interpolation(IMP0)
-        await until(lambda a: getattr(a.screen, "ready", False))(pilot)
+        await until(lambda a: settled(a, "InterpolationScreen"))(pilot)
     assert snap_compare(app_for(store), terminal_size=SIZE, run_before=run_before)
 
 
@@ -128,6 +117,6 @@ def test_launch(store, snap_compare):
     async def run_before(pilot):
         await until(loaded)(pilot)
         pilot.app.open_launch()
-        await until(lambda a: getattr(a.screen, "ready", False) and "valid" in str(
+        await until(lambda a: settled(a, "LaunchScreen") and a.screen.form_settled and "valid" in str(
             a.screen.query_one("#launch-status").render()))(pilot)
     assert snap_compare(app_for(store, overrides=["prune.rounds=2"]), terminal_size=SIZE, run_before=run_before)

@@ -88,6 +88,7 @@ class DashboardApp(App):
         self._wake = threading.Event()
         self._refresh_pending = False
         self.loaded = False
+        self.data_version = 0  # bumped whenever views or lives change; a screen records the one it drew
         self.counts = {"store_changed": 0, "run_changed": 0, "refreshes": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -130,6 +131,7 @@ class DashboardApp(App):
         if snap is None:
             return
         self.counts["store_changed"] += 1
+        self.data_version += 1
         old = self.snapshot
         self.snapshot = snap
         for run_id in set(snap.results) | set(snap.entries):
@@ -196,6 +198,7 @@ class DashboardApp(App):
         if snap is None:
             return
         self.counts["run_changed"] += 1
+        self.data_version += 1
         live, tail = snap
         run_id = message.run_id
         self.lives[run_id], self.log_tails[run_id] = live, tail
@@ -217,7 +220,7 @@ class DashboardApp(App):
         self.counts["refreshes"] += 1
         if getattr(self.screen, "ready", False):
             try:
-                self.screen.refresh_data()
+                self.screen.redraw()
             except Exception as err:  # noqa: BLE001 - a run's odd files must not take the app down
                 self.notify(f"cannot show this screen's data: {type(err).__name__}: {err}", severity="error")
 
@@ -320,8 +323,8 @@ class DashboardApp(App):
         from .widgets import ExportModal
 
         def done(fmt: str | None) -> None:
-            if fmt == "svg":  # after the dialog is gone
-                self.set_timer(0.05, lambda: self.export(name, table, "svg"))
+            if fmt == "svg":  # the dialog is off the stack already; shoot once the screen under it has refreshed
+                self.call_after_refresh(self.export, name, table, "svg")
             elif fmt:
                 self.export(name, table, fmt)
 

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import DescendantFocus
 from textual.widgets import Footer, Input, Label, OptionList, SelectionList, Static
 from textual.widgets.option_list import Option
+from textual.worker import get_current_worker
 
 from dpcore.config import Config, describe_keys, to_dict
 from dpcore.errors import DPError
@@ -119,6 +120,16 @@ class LaunchScreen(DashScreen):
         self.error: str | None = None
         self.plan_text = ""
         self._validate_pending = False
+        # True once the form shows ``self.profile``'s settings: every field mounted, the overrides put in,
+        # validated. False while another profile's form is being built (tests and refreshes wait for it).
+        self.form_ready = False
+        self.checking = False  # the pre-start check (data, synthetic sources, devices) runs in a worker
+        self.check_failed: tuple[tuple, str] | None = None  # (form state it was for, its error line)
+
+    @property
+    def form_settled(self) -> bool:
+        """The form is ready and no validation is owed: the status line speaks for what the fields show."""
+        return self.form_ready and not self._validate_pending
 
     # -- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -149,8 +160,7 @@ class LaunchScreen(DashScreen):
         self._fill_devices()
         if self.profile in profiles:
             opts.highlighted = profiles.index(self.profile)
-        await self.load(self.profile)
-        self.apply_overrides(self.initial_overrides)
+        await self.load(self.profile, self.initial_overrides)
         self.query_one("#overrides").focus()
         self.ready = True
 
@@ -170,18 +180,23 @@ class LaunchScreen(DashScreen):
         dev.add_options(labels)
         dev.styles.height = len(labels)
 
-    async def load(self, profile: str) -> None:
-        """Show ``profile``'s settings in the form."""
-        self.profile = profile
+    async def load(self, profile: str, overrides: list[str] | None = None) -> None:
+        """Show ``profile``'s settings in the form (then ``overrides``, if given, in their fields and the
+        --set box). ``form_ready`` is False until every field is mounted and the result validated, and
+        ``profile`` names the new profile only from then on: a half-built form is never taken for it."""
+        self.form_ready = False
         self.base_values, self.keys = {}, {}  # no overrides while the form changes
         form = self.query_one("#form", VerticalScroll)
         try:
             base, path = load_profile(profile)
         except DPError as err:
             await form.remove_children()
-            self.base = None
+            self.base, self.profile = None, profile
             self.query_one("#profile-desc", Static).update(Text(str(err), style="red"))
+            if overrides is not None:
+                self.apply_overrides(overrides)
             self.validate()
+            self.form_ready = True
             return
         self.base = base
         tree = to_dict(base)
@@ -201,8 +216,11 @@ class LaunchScreen(DashScreen):
             await form.mount_all([Horizontal(Label(key, classes="form-key"),
                                              FormInput(value, id=field_id(key), classes="form-value"),
                                              classes="form-row") for key, value in values.items()])
-        self.keys, self.base_values = keys, values
+        self.keys, self.base_values, self.profile = keys, values, profile
+        if overrides is not None:
+            self.apply_overrides(overrides)
         self.validate()
+        self.form_ready = True
 
     def apply_overrides(self, overrides: list[str]) -> None:
         """Put ``--set`` overrides into their form fields (the rest into the --set box)."""
@@ -271,10 +289,23 @@ class LaunchScreen(DashScreen):
         self.plan_text = ", ".join(f"{p.label} s{p.seed}" for p in todo)
         return [p.run_id for p in todo], notes
 
+    def form_state(self) -> tuple:
+        """What a start would launch: the profile, every field's text and the devices."""
+        return (self.profile, tuple((w.id, w.value) for w in self.query(Input)), tuple(self.slots()))
+
     def show_status(self) -> None:
+        app: Any = self.app
+        self.shown_version = app.data_version  # what a start would skip is read from the views right now
         status = self.query_one("#launch-status", Static)
         if self.error:
             status.update(Text(f"✗ {self.error}", style="bold red"))
+            return
+        if self.checking:
+            status.update(Text("… checking the data, the synthetic sources and the devices before starting",
+                               style="bold yellow"))
+            return
+        if self.check_failed is not None and self.check_failed[0] == self.form_state():
+            status.update(Text(f"✗ {self.check_failed[1]}", style="bold red"))
             return
         todo, notes = self.plan()
         slots = self.slots()
@@ -284,7 +315,7 @@ class LaunchScreen(DashScreen):
         status.update(Text(text, style="green"))
 
     def refresh_data(self) -> None:
-        if self.error is None and self.cfg is not None:
+        if self.form_ready and self.error is None and self.cfg is not None:
             self.show_status()  # runs finishing or starting change what a start would skip
 
     @on(Input.Changed)
@@ -304,7 +335,8 @@ class LaunchScreen(DashScreen):
 
     def _validate_now(self) -> None:
         self._validate_pending = False
-        self.validate()
+        if self.form_ready:  # a form being built validates once it is complete
+            self.validate()
 
     async def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         if event.option.id and event.option.id != self.profile:
@@ -330,17 +362,60 @@ class LaunchScreen(DashScreen):
         self.query_one("#overrides").focus()
 
     def action_start(self) -> None:
-        app: Any = self.app
-        if self.validate() is None:
-            self.app.notify(f"cannot start: {self.error}", severity="error")
+        """Validate the form, then check the experiment's input in a worker (it loads the data, so it takes
+        seconds) and launch only if that passes; a failure shows in the status line like a form error."""
+        if self.checking:
+            self.app.notify("still checking the previous start", severity="warning")
+            return
+        if not self.form_ready or self.validate() is None:
+            self.app.notify(f"cannot start: {self.error or 'the form is not ready'}", severity="error")
             return
         todo, notes = self.plan()
         if not todo:
             self.app.notify("nothing to start: " + ", ".join(notes), severity="warning")
             return
+        app: Any = self.app
+        cfg, _ = app.launcher.plan(self.cfg, self.slots())  # with the devices' type, as the runs get it
+        self.checking, self.check_failed = True, None
+        self.show_status()
+        self.check_then_start(self.form_state(), cfg, self.slots(), todo)
+
+    @work(thread=True, exclusive=True, group="launch-check", exit_on_error=False, name="check before start")
+    def check_then_start(self, state: tuple, cfg: Config, slots: list[str], todo: list[str]) -> None:
+        from dpcore.validate import validate_experiment
+
+        app: Any = self.app
         try:
-            launch_dir, ids = app.launcher.launch(self.cfg, self.slots(), only=todo)
+            validate_experiment(cfg, app.runs_dir, app.data_root)
+            error = None
+        except DPError as err:
+            error = str(err)
+        except Exception as err:  # noqa: BLE001 - say what went wrong; never launch unchecked
+            error = f"checking the experiment failed: {type(err).__name__}: {err}"
+        if not get_current_worker().is_cancelled:
+            app.call_from_thread(self._checked, state, slots, todo, error)
+
+    def _checked(self, state: tuple, slots: list[str], todo: list[str], error: str | None) -> None:
+        app: Any = self.app
+        self.checking = False
+        if app.screen is not self:  # closed (or covered by a dialog) while checking: start nothing
+            self.app.notify("nothing started: the Launch screen was left while its input was checked",
+                            severity="warning")
+            return
+        if error is not None:
+            self.check_failed = (state, error)
+            self.show_status()
+            self.app.notify(f"cannot start: {error}", severity="error")
+            return
+        if not self.form_ready or self.validate() is None or self.form_state() != state:
+            self.show_status()
+            self.app.notify("the settings changed while they were checked; press ctrl+r again", severity="warning")
+            return
+        try:
+            launch_dir, ids = app.launcher.launch(self.cfg, slots, only=todo)
         except (DPError, OSError) as err:
+            self.check_failed = (state, f"cannot start: {err}")
+            self.show_status()
             self.app.notify(f"cannot start: {err}", severity="error")
             return
         self.app.notify(f"started {len(ids)} run(s) in the background ({launch_dir.name}); "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dpcore.config import Config, config_from_dict
+from dpcore.config import Config
 from dpcore.errors import DPError
 
 from .follow import tail_lines
@@ -228,13 +227,14 @@ class Launcher:
     def resume(self, run_id: str, entry: LaunchEntry | None) -> tuple[Path, list[str]]:
         """Start a run again; the engine resumes after its last finished round."""
         from dpcore.profiles import load_profile
+        from dpcore.run_config import load_run_config
 
         if entry is not None and (entry.launch_dir / "profile.toml").exists():
             cfg, _ = load_profile(str(entry.launch_dir / "profile.toml"))
             slots = entry.slots if self.device_type(entry.slots) == "cpu" else self.device_slots()
-        else:
-            cfg, device = config_for_run(self.runs_dir, run_id)
-            slots = ["cpu"] if device == "cpu" else self.device_slots()
+        else:  # not launched from the app: its own config.toml
+            spec = load_run_config(self.runs_dir / run_id)
+            cfg, slots = spec.cfg, (["cpu"] if spec.device == "cpu" else self.device_slots())
         return self.launch(cfg, slots, only=[run_id])
 
     # -- reading records -----------------------------------------------------------------------
@@ -317,38 +317,3 @@ class Launcher:
         if cached is None or cached[0] != key:
             cached = launch.errors[rid] = (key, last_error(log))
         return cached[1]
-
-
-def config_for_run(runs_dir: Path, run_id: str) -> tuple[Config, str]:
-    """Rebuild the config of one run from its ``config.toml`` (for runs not launched from the app):
-    (config that plans exactly this run, device type)."""
-    import torch
-
-    from dpcore.engine import plan_runs
-    from dpcore.profiles import read_toml
-
-    path = Path(runs_dir) / run_id / "config.toml"
-    if not path.exists():
-        raise DPError(f"run {run_id} has no config.toml; launch its profile again from the Launch screen")
-    raw = read_toml(path)
-    run = dict(raw.get("run", {}))
-    method, seed, device = run.pop("method", None), run.pop("seed", None), str(run.pop("device", "cpu"))
-    run.pop("run_id", None)
-    variant = run.pop("variant", "")
-    device = "cuda" if device.startswith("cuda") else "cpu"
-    run.update(seeds=[seed], device=device)
-    raw = {**raw, "run": run, "prune": {**raw.get("prune", {}), "methods": [method]}}
-    if variant:  # one of several synthetic sources: keep its label (its settings are [synthetic] already)
-        syn = raw.get("synthetic", {})
-        raw["synthetic"] = {**syn, "variants": [{"name": variant, "params": syn.get("params", {}),
-                                                 "path": syn.get("path", "")}]}
-    cfg = config_from_dict(raw, where=str(path))
-    plans = plan_runs(cfg, torch.device(device))
-    if [p.run_id for p in plans] != [run_id]:
-        raise DPError(f"run {run_id}: its config.toml no longer plans the same run (made by another engine "
-                      f"version?); launch its profile again")
-    return cfg, device
-
-
-def describe_command(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)

@@ -15,9 +15,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpcore.events import (DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted, RunDone,
+from dpcore.events import (AnalysisDone, DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted, RunDone,
                            RunFailed, RunStarted, StageStarted)
 from dpcore.summary import METHOD_ORDER, Column, Table
+from dpcore.summary import instability_table as summary_instability_table  # the reports' own table
 
 LOG_LINES = 200
 ACTIVE = frozenset({"running", "queued", "pending", "stopping"})
@@ -130,10 +131,10 @@ def format_event(ev: Event) -> str | None:
         return f"run {ev.status} after {ev.rounds_done} rounds ({secs(ev.wall_s)})"
     if isinstance(ev, RunFailed):
         return f"FAILED: {ev.error}"
-    if ev.kind == "analysis_done":  # events of the analyses (newer engines)
-        result = getattr(ev, "result", {}) or {}
+    if isinstance(ev, AnalysisDone):
+        result = ev.result or {}
         extra = f": instability {pct(result['instability'])}" if isinstance(result.get("instability"), float) else ""
-        return f"analysis {getattr(ev, 'analysis', '?')} done (round {getattr(ev, 'round', '?')}){extra}"
+        return f"analysis {ev.analysis} done (round {ev.round}){extra}"
     return None
 
 
@@ -304,40 +305,25 @@ def runs_listing(views: list[RunView], title: str = "Runs") -> Table:
 
 
 def instability_table(results: dict) -> Table:
-    """The interpolation analysis of one run as a row-model table: :func:`dpcore.summary.instability_table`
-    where the library has it, else the same columns built here."""
-    from dpcore import summary
-
-    shared = getattr(summary, "instability_table", None)
-    if shared is not None:
-        try:
-            return shared([{**results, "instability": [{k: v for k, v in e.items() if k != "rewind_text"}
-                                                       for e in instability_items(results)]}])
-        except (KeyError, TypeError, ValueError, IndexError):
-            pass  # entries of another shape: the columns below need less
-    cols = [Column("method", "method", "text"), Column("round", "round", "int"),
-            Column("sparsity", "sparsity%", "pct"), Column("rewind", "rewind", "text"),
-            Column("min_acc", "min acc% on path", "pct"), Column("instability", "instability pp", "pct")]
-    sparsity = {int(r["round"]): r.get("sparsity") for r in results.get("rounds", [])}
-    table = Table("Instability", cols)
-    for item in instability_items(results):
-        table.rows.append({"method": results.get("method", ""), "round": item["round"],
-                           "sparsity": item.get("sparsity", sparsity.get(item["round"])), "rewind": item["rewind_text"],
-                           "min_acc": min(item["test_acc"]), "instability": item.get("instability")})
-    return table
+    """The interpolation analysis of one run (its well-formed entries) as :func:`dpcore.summary.instability_table`."""
+    return summary_instability_table([{**results, "instability": [{k: v for k, v in e.items() if k != "rewind_text"}
+                                                                 for e in instability_items(results)]}])
 
 
 def instability_items(results: dict | None) -> list[dict]:
-    """Well-formed entries of ``results['instability']`` (round, alphas, test_acc of equal length)."""
+    """Well-formed entries of ``results['instability']``: round, alphas and test_acc of equal length, and
+    what the Instability table reads (sparsity, rewind k and unit, both end accuracies, instability, barrier)."""
     out = []
     for item in (results or {}).get("instability") or []:
         try:
             alphas, accs = list(map(float, item["alphas"])), list(map(float, item["test_acc"]))
-            if alphas and len(alphas) == len(accs):
-                rw = item.get("rewind") if isinstance(item.get("rewind"), dict) else {}
-                text = f"k={rw['k']}" + ("" if rw.get("unit", "epoch") == "epoch" else " steps") if "k" in rw else ""
-                out.append({**item, "round": int(item.get("round", 0)), "alphas": alphas, "test_acc": accs,
-                            "rewind_text": text})
+            k, unit = int(item["rewind"]["k"]), str(item["rewind"]["unit"])
+            numbers = {key: float(item[key]) for key in ("sparsity", "instability", "barrier")}
+            ends, rnd = list(map(float, item["end_acc"])), int(item.get("round", 0))
         except (KeyError, TypeError, ValueError):
             continue
+        if alphas and len(alphas) == len(accs) and len(ends) == 2:
+            out.append({**item, **numbers, "round": rnd, "alphas": alphas, "test_acc": accs,
+                        "end_acc": ends, "rewind": {**item["rewind"], "k": k, "unit": unit},
+                        "rewind_text": f"k={k}" + ("" if unit == "epoch" else " steps")})
     return out

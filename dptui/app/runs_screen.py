@@ -23,6 +23,13 @@ class DashScreen(Screen):
     """Common to all screens: a title line, the footer, export."""
 
     ready = False  # set once mounted: the app refreshes only ready screens
+    shown_version = -1  # the app's data_version this screen last drew
+
+    @property
+    def up_to_date(self) -> bool:
+        """Mounted, and showing the store as the app knows it now (no refresh owed)."""
+        app: Any = self.app
+        return self.ready and self.shown_version == app.data_version
 
     def title_line(self) -> Static:
         return Static("", id="title", classes="title")
@@ -42,11 +49,18 @@ class DashScreen(Screen):
     def became_ready(self) -> None:
         """First refresh, once every widget of the screen is mounted."""
         self.ready = True
-        self.refresh_data()
+        self.redraw()
 
     def on_screen_resume(self) -> None:
         if self.ready:
-            self.refresh_data()
+            self.redraw()
+
+    def redraw(self) -> None:
+        """Show the app's current data (and remember which version that was)."""
+        app: Any = self.app
+        version = app.data_version
+        self.refresh_data()
+        self.shown_version = version
 
     def refresh_data(self) -> None:
         pass
