@@ -2,7 +2,8 @@
 
 Every model is a :class:`~dpcore.models._base.Net`: ``forward(x)`` gives logits, ``embed(x)`` the
 features just before the output layer, and ``classifier`` is that output layer (the last
-``nn.Linear``). Only ``nn.Conv2d``/``nn.Linear`` weights are prunable.
+``nn.Linear``). The prunable weights are the ``weight`` of every Conv1d, Conv2d and Linear layer
+(:func:`dpcore.masks.prunable`); biases and norm parameters are not pruned.
 """
 
 from __future__ import annotations

@@ -1,0 +1,92 @@
+"""The GPU path, on a real CUDA device (``pytest -m cuda``; skipped where there is none, as in CI).
+
+Training on the device, masks staying zero, resume to identical masks, one step of every distiller, and
+the dashboard's device slots seeing the GPUs. ``benchmarks/gpu_check.sh`` runs these on a lent GPU.
+"""
+
+import threading
+
+import pytest
+import torch
+
+from dpcore.events import RoundDone
+from dpcore.masks import full_mask, magnitude_prune, prunable
+from dpcore.models import build_model
+from dpcore.profiles import load_profile
+from dpcore.store import RunDir
+from dpcore.training import Schedule, evaluate, train
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+DEVICE = torch.device("cuda")
+
+
+def blobs(n: int = 512, classes: int = 4, shape=(3, 16, 16)):
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    centres = torch.randn(classes, *shape, device=DEVICE, generator=gen)
+    y = torch.arange(n, device=DEVICE) % classes
+    x = centres[y] + 0.5 * torch.randn(n, *shape, device=DEVICE, generator=gen)
+    return x, y
+
+
+def test_training_on_cuda_learns_and_pruned_weights_stay_zero():
+    x, y = blobs()
+    torch.manual_seed(0)
+    model = build_model("convnet", num_classes=4, in_shape=(3, 16, 16), width=16).to(DEVICE)
+    mask = magnitude_prune(model, full_mask(model), total_round=3, fraction=0.2)
+    train(model, x, y, schedule=Schedule("adam", 1e-3, 3, 64), seed=0, mask=mask)
+    acc, _ = evaluate(model, x, y)
+    assert acc > 0.9
+    for name, p in prunable(model).items():
+        assert p.device.type == "cuda"
+        assert torch.count_nonzero(p[mask[name] == 0]) == 0, name
+
+
+def test_a_stopped_cuda_run_resumes_to_identical_masks(tmp_path, tiny_profile):
+    from dpcore.engine import run_experiment
+
+    cfg, _ = load_profile(str(tiny_profile), ["run.device='cuda'", "prune.methods=['imp', 'distilled']"])
+    full = run_experiment(cfg, tmp_path / "full")
+    stop = threading.Event()
+
+    def sink(ev):
+        if isinstance(ev, RoundDone) and ev.row["round"] == 2:
+            stop.set()
+
+    run_experiment(cfg, tmp_path / "part", sink=sink, should_stop=stop.is_set)
+    resumed = run_experiment(cfg, tmp_path / "part")
+    assert [r["status"] for r in resumed] == ["done", "done"] and all(r["device"].startswith("cuda") for r in resumed)
+    for a, b in zip(full, resumed):
+        for r in range(1, len(a["rounds"]) + 1):
+            ma, mb = RunDir(tmp_path / "full", a["run_id"]).load_mask(r), RunDir(tmp_path / "part", b["run_id"]).load_mask(r)
+            assert all(torch.equal(ma[n], mb[n]) for n in ma)
+
+
+@pytest.mark.parametrize("method,params", [("dm", {"iterations": 3, "batch_real": 16}),
+                                           ("gm", {"iterations": 2, "batch_real": 16, "outer_loop": 2, "inner_loop": 2}),
+                                           ("mtt", {"iterations": 3, "syn_steps": 3, "expert_epochs": 1,
+                                                    "max_start_epoch": 2, "num_experts": 2,
+                                                    "expert_train_epochs": 3, "expert_batch": 32}),
+                                           ("random-subset", {})])
+def test_every_distiller_runs_on_cuda(tmp_path, tiny_npz, method, params):
+    from dpcore.data import load_dataset
+    from dpcore.synthetic import get_or_distill
+
+    ds = load_dataset("npz", path=tiny_npz).to(DEVICE)
+
+    def factory():
+        return build_model("lenet-300-100", num_classes=ds.num_classes, in_shape=ds.shape).to(DEVICE)
+
+    syn, cached = get_or_distill(tmp_path / "cache", ds, method=method, ipc=2, model={"name": "lenet-300-100"},
+                                 model_factory=factory, seed=0, device=DEVICE, params=params)
+    assert not cached and len(syn) == 2 * ds.num_classes
+    assert bool(torch.isfinite(syn.images).all())
+
+
+def test_the_dashboards_device_slots_see_every_gpu(tmp_path):
+    from dptui.app.launcher import Launcher
+
+    launcher = Launcher(tmp_path)
+    assert launcher.device_slots() == [f"gpu{i}" for i in range(torch.cuda.device_count())]
+    assert launcher.device_type(launcher.device_slots()) == "cuda"
