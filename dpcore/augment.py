@@ -1,14 +1,18 @@
-"""Batched image augmentation on the batch's device (no per-sample Python loops).
+"""Batched image augmentation on the batch's device (no per-sample Python loops, no host syncs).
 
 * :func:`crop_flip` - the standard CIFAR training augmentation (zero-padded random crop + h-flip).
 * :class:`DSA` - Differentiable Siamese Augmentation (Zhao & Bilen), "S" mode as in DC/DM/MTT:
-  one op per call, all randomness drawn from a generator seeded by the caller, so that real and
-  synthetic batches augmented with the same seed get the same transformation.
+  one op per call. ``dsa(x, seed)`` draws everything from a host generator seeded by the caller, so
+  that real and synthetic batches augmented with the same seed get the same transformation (the
+  distillers' siamese pairs); :meth:`DSA.sampler` is the training form: the op is chosen on the host,
+  its parameters are drawn on the batch's device from the training's generator.
 """
 
 from __future__ import annotations
 
 import math
+import random
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,15 +29,28 @@ def _gather_window(xp: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+
+
 def crop_flip(x: Tensor, pad: int = 4, generator: torch.Generator | None = None) -> Tensor:
     """Random crop from the zero-padded image (offsets 0..2*pad) and horizontal flip with p=0.5.
 
-    Parameters are drawn on ``generator``'s device (or on ``x``'s device from the global RNG).
+    Parameters are drawn on ``x``'s device, from ``generator`` (which should live there: then nothing is
+    copied and nothing syncs) or from the global RNG. A generator on another device still works, with one
+    copy of the parameters per call.
     """
     b, _, h, w = x.shape
-    dev = generator.device if generator is not None else x.device
-    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=dev).to(x.device)
-    flip = (torch.rand(b, generator=generator, device=dev) < 0.5).to(x.device)
+    dev = x.device if generator is None or _same_device(generator.device, x.device) else generator.device
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=dev)
+    flip = torch.rand(b, generator=generator, device=dev) < 0.5
+    if dev != x.device:
+        offsets, flip = offsets.to(x.device), flip.to(x.device)
     i = torch.arange(h, device=x.device)
     j = torch.arange(w, device=x.device)
     rows = i + offsets[:, :1]
@@ -53,6 +70,7 @@ class DSA:
     """
 
     OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+    N_PARAMS = {"color": 3, "crop": 2, "cutout": 2, "flip": 1, "scale": 2, "rotate": 1}  # uniforms per op
     # ParamDiffAug defaults
     brightness, saturation, contrast = 1.0, 2.0, 0.5
     ratio_crop_pad, ratio_cutout, prob_flip = 0.125, 0.5, 0.5
@@ -70,14 +88,42 @@ class DSA:
         return f"DSA(strategy={'_'.join(self.ops) or 'none'!r}, batchwise={self.batchwise})"
 
     def __call__(self, x: Tensor, seed: int) -> Tensor:
+        """Augment ``x`` with the op and parameters drawn from a host generator seeded with ``seed``.
+
+        The same seed gives the same op and parameters on every device (and, per sample, the same
+        parameters for the first k samples of any batch). On CUDA the parameters travel by one
+        non-blocking copy from pinned memory (no sync)."""
         if not self.ops:
             return x
         g = torch.Generator().manual_seed(int(seed))
         op = self.ops[int(torch.randint(len(self.ops), (1,), generator=g))]
-        n_params = {"color": 3, "crop": 2, "cutout": 2, "flip": 1, "scale": 2, "rotate": 1}[op]
+        n_params = self.N_PARAMS[op]
         u = torch.rand(1 if self.batchwise else x.shape[0], n_params, generator=g)
+        if x.device.type == "cuda":
+            u = u.pin_memory().to(x.device, non_blocking=True)
         u = u.expand(x.shape[0], n_params).to(device=x.device, dtype=x.dtype)
         return getattr(self, f"_{op}")(x, u).contiguous()
+
+    def apply(self, x: Tensor, op: str, generator: torch.Generator | None = None) -> Tensor:
+        """Augment ``x`` with ``op``, its parameters drawn on ``x``'s device from ``generator`` (which
+        must live there) or the global RNG: no copy, no sync."""
+        n_params = self.N_PARAMS[op]
+        u = torch.rand(1 if self.batchwise else x.shape[0], n_params, generator=generator, device=x.device)
+        u = u.expand(x.shape[0], n_params).to(dtype=x.dtype)
+        return getattr(self, f"_{op}")(x, u).contiguous()
+
+    def sampler(self, seed: int) -> Callable[[Tensor, torch.Generator], Tensor]:
+        """An augmentation for :func:`dpcore.training.train`: each call picks one op with a host RNG seeded
+        by ``seed`` (a new sampler replays the same ops) and draws its parameters from the training's
+        generator on the batch's device."""
+        ops = random.Random(int(seed))
+
+        def augment(x: Tensor, generator: torch.Generator) -> Tensor:
+            if not self.ops:
+                return x
+            return self.apply(x, self.ops[ops.randrange(len(self.ops))], generator)
+
+        return augment
 
     # Each op gets u: [B, k] uniforms in [0, 1) and must stay differentiable w.r.t. x.
     def _color(self, x: Tensor, u: Tensor) -> Tensor:

@@ -168,7 +168,8 @@ class AnalysisConfig:
 
     @property
     def requested(self) -> bool:
-        """True when any analysis changes results.json (figures alone do not)."""
+        """True when an analysis adds results (instability, histograms), so it is part of a run's identity.
+        Figures only draw those results: they are written into results.json too, but do not change the id."""
         return bool(self.instability_rounds or self.histogram_rounds)
 
 
@@ -180,6 +181,15 @@ class RunConfig:
     threads: int = spec(0, kind=int, check=at_least(0),
                         help="CPU threads for torch (0 = torch's default); CPU results depend on it, so a set "
                              "value is part of each run's identity")
+    precision: str = spec("fp32", kind=str, check=one_of("fp32", "bf16", "fp16"),
+                          help="training/evaluation autocast: fp32, bf16 or fp16 (fp16 scales the loss); "
+                               "part of a run's identity when not fp32")
+    channels_last: bool = spec(False, kind=bool, help="channels-last memory format for conv nets "
+                                                      "(part of a run's identity when set)")
+    compile: str = spec("auto", kind=str, check=one_of("auto", "on", "off"),
+                        help="torch.compile the training step: auto = on a CPU for the nets it pays for (instance "
+                             "norm / avg-pool conv nets: the ConvNet family) with enough steps; warm-up time is "
+                             "recorded apart; part of a run's identity when not auto")
 
 
 @dataclass(frozen=True)

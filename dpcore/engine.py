@@ -40,11 +40,11 @@ from .models import build_model
 from .store import RunDir, atomic_torch_save, config_hash
 from .safe_load import safe_torch_load
 from .synthetic.provider import source_key, source_label, synthetic_cache_dir, synthetic_set
-from .training import (Schedule, Stopped, Stopwatch, derive_seed, evaluate, restore, snapshot,
+from .training import (FastPath, Schedule, Stopped, Stopwatch, derive_seed, evaluate, restore, snapshot,
                        steps_per_epoch, train)
 from .validate import Checked, check_experiment, load_data, resolve_device  # noqa: F401  (load_data: engine API)
 
-ENGINE_VERSION = 1  # bump when a change alters results, so old runs are not resumed into new ones
+ENGINE_VERSION = 2  # bump when a change alters results, so old runs are not resumed into new ones
 StopFlag = Callable[[], bool]
 ANALYSIS_KEYS = ("instability", "weight_histograms", "figures")  # results.json keys written by analyses
 
@@ -74,6 +74,10 @@ def run_identity(cfg: Config, method: str, seed: int, device: torch.device,
     }
     if cfg.run.threads and device.type == "cpu":  # absent when unset, so existing ids do not change
         ident["threads"] = cfg.run.threads
+    fast = {k: getattr(cfg.run, k) for k, off in (("precision", "fp32"), ("channels_last", False), ("compile", "auto"))
+            if getattr(cfg.run, k) != off}  # the fast path, only when not default (ids as before); under
+    if fast:  # "train", so the dense baseline's cache key has it too
+        ident["train"] = {**ident["train"], **fast}
     if method == "distilled":
         ident["synthetic"] = {k: v for k, v in to_dict(synthetic or cfg.synthetic).items() if k != "variants"}
     if cfg.analysis.requested:  # absent for runs without analyses, so their ids do not change
@@ -188,6 +192,7 @@ class Run:
             batch_size=cfg.train.batch_size, momentum=cfg.train.momentum,
             weight_decay=cfg.train.weight_decay, milestones=tuple(cfg.train.milestones), gamma=cfg.train.gamma)
         self.rewind_step = cfg.prune.rewind * (self.per_epoch if cfg.prune.rewind_unit == "epoch" else 1)
+        self.fast = FastPath.of(cfg.run)
         self.results: dict = {}
 
     # -- events --------------------------------------------------------------------------------
@@ -228,9 +233,9 @@ class Run:
         out = train(model, self.ds.x_train, self.ds.y_train, schedule=self.real_schedule,
                     seed=derive_seed(self.seed, "real", key), prepare=self.ds.prepare, mask=mask,
                     augment=self.real_augment(), start_step=start_step, capture_step=capture_step,
-                    on_epoch=self.on_epoch, should_stop=self.should_stop)
+                    on_epoch=self.on_epoch, should_stop=self.should_stop, fast=self.fast)
         acc, _ = evaluate(model, self.ds.x_test, self.ds.y_test, prepare=self.ds.prepare,
-                          batch_size=self.cfg.run.eval_batch_size)
+                          batch_size=self.cfg.run.eval_batch_size, fast=self.fast)
         return out, acc
 
     def train_synthetic(self, model, start: dict, mask: Mask, syn, key: int):
@@ -238,9 +243,9 @@ class Run:
 
         restore(model, start)
         out = train_on_synthetic(model, syn, self.cfg.synthetic, seed=derive_seed(self.seed, "synthetic", key),
-                                 mask=mask, on_epoch=self.on_epoch, should_stop=self.should_stop)
+                                 mask=mask, on_epoch=self.on_epoch, should_stop=self.should_stop, fast=self.fast)
         acc, _ = evaluate(model, self.ds.x_test, self.ds.y_test, prepare=self.ds.prepare,
-                          batch_size=self.cfg.run.eval_batch_size)
+                          batch_size=self.cfg.run.eval_batch_size, fast=self.fast)
         return out, acc
 
     def check_finite(self, model, mask: Mask, r: int) -> None:
@@ -365,7 +370,7 @@ class Run:
             total = sum(m.numel() for m in mask.values())
             self.event(RoundStarted, round=r, rounds=cfg.prune.rounds,
                        target_sparsity=1 - remaining_target(total, cfg.prune.fraction, r) / total)
-            inner_s, inner_acc = 0.0, None
+            inner_s, inner_acc, compile_s = 0.0, None, 0.0  # compile_s: warm-up of compiled steps, apart
             if method == "imp":
                 if pending and pending[0] == r - 1:
                     _, trained, inner_acc, inner_s = pending
@@ -373,11 +378,11 @@ class Run:
                 else:
                     self.start_stage("inner")
                     out, inner_acc = self.train_real(model, rewind, mask, r - 1, start_step=self.rewind_step)
-                    inner_s = out.train_s
+                    inner_s, compile_s = out.train_s, out.compile_s
             elif method == "distilled":
                 self.start_stage("inner")
                 out, inner_acc = self.train_synthetic(model, rewind, mask, syn, r - 1)
-                inner_s = out.train_s
+                inner_s, compile_s = out.train_s, out.compile_s
             if method != "random":
                 self.check_finite(model, mask, r)
             self.start_stage("prune")
@@ -397,13 +402,14 @@ class Run:
                 self.start_stage("validate")
                 out, val_acc = self.train_real(model, rewind, mask, r, start_step=self.rewind_step)
                 val_s = out.train_s
+                compile_s += out.compile_s
                 if method == "imp":
                     pending = (r, snapshot(model), val_acc, val_s)
             row = {
                 "round": r, "sparsity": sparsity(mask),
                 "remaining": sum(int(m.sum()) for m in mask.values()),
                 "inner_train_s": inner_s, "inner_test_acc": inner_acc, "prune_s": prune_s,
-                "val_acc": val_acc, "val_train_s": val_s,
+                "val_acc": val_acc, "val_train_s": val_s, "compile_s": compile_s,
                 "time_to_mask_s": t2m, "time_to_mask_validated_s": None if val_s is None else t2m + val_s,
                 "layer_sparsity": layer_sparsity(mask),
             }
@@ -420,7 +426,7 @@ class Run:
             dataset=self.ds, schedule=self.real_schedule, seed=self.seed, per_epoch=self.per_epoch,
             rewind_unit=self.cfg.prune.rewind_unit, rewind=self.cfg.prune.rewind, rewind_step=self.rewind_step,
             eval_batch_size=self.cfg.run.eval_batch_size, augment=self.real_augment(), run_dir=self.dir,
-            rewind_cache=self.runs_dir / "cache" / "rewind", dense_identity=self.dense_identity())
+            rewind_cache=self.runs_dir / "cache" / "rewind", dense_identity=self.dense_identity(), fast=self.fast)
         return AnalysisStage(inputs, stage=self.start_stage, epoch=self.on_epoch, should_stop=self.should_stop,
                              set_round=lambda r: setattr(self, "round", r), event=self.event)
 

@@ -112,6 +112,13 @@ def rounds_table(results: list[dict]) -> Table:
                    ("inner_train_s", "inner_test_acc", "val_acc", "time_to_mask_s", "time_to_mask_validated_s")},
                 "seeds": len(rows),
             })
+    warmup: dict[str, float] = {}
+    for r in results:
+        warmup[run_label(r)] = warmup.get(run_label(r), 0.0) + sum(row.get("compile_s") or 0.0 for row in r["rounds"])
+    if any(warmup.values()):
+        per = ", ".join(f"{m} {s:.1f} s" for m, s in sorted(warmup.items()) if s)
+        table.notes.append(f"times exclude the one-off torch.compile warm-up of compiled training steps ({per} over "
+                           "all rounds and seeds; compile_s in each results.json row)")
     return table
 
 

@@ -1,24 +1,50 @@
-"""Training and evaluation on whole-tensor datasets: one hot loop, no per-sample Python.
+"""Training and evaluation on whole-tensor datasets: one hot loop, no per-sample Python, no host syncs.
 
-Data order and augmentation come from explicit generators seeded per training, so a training is a
-pure function of (start state, mask, data, schedule, seed) on the CPU.
+Data order and augmentation come from explicit generators on the run's device, seeded per training, so a
+training is a pure function of (start state, mask, data, schedule, seed, fast path) on the CPU. Inside the
+per-step loops nothing waits for the device: batches are gathered, augmented and trained on the device,
+losses stay there, and :func:`evaluate` reads its two sums once at the end.
+
+How the loop runs (not what it computes) is a :class:`FastPath`: autocast precision, channels-last
+memory format, ``torch.compile`` of the step's forward/backward, and on CUDA always TF32 matmuls and
+convolutions and ``cudnn.benchmark``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import shutil
 import time
+import types
+import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import ConfigError
 from .masks import Mask, MaskApplier
 
-Augment = Callable[[Tensor, torch.Generator], Tensor]
+Augment = Callable[[Tensor, torch.Generator], Tensor]  # (batch, generator on the batch's device) -> batch
 EpochCallback = Callable[[int, int, Tensor], None]  # (epochs done, total epochs, last batch loss)
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("auto", "on", "off")
+# compile = "auto" compiles the training step on the CPU for the nets where it was measured to pay (2 CPU
+# cores: benchmarks/speed.py, and forward+backward timings of the other models), for trainings of at least
+# AUTO_COMPILE_MIN_SAMPLES sample-steps (steps x batch). The gain is inductor fusing the layers whose eager
+# CPU kernels are slow, GroupNorm (instance norm) and AvgPool: ConvNet-32 ~2.5x the images/s, ConvNet-128
+# ~1.8x, ConvNet without norm ~2.3x. Nets of convolutions, ReLU, max-pooling and BatchNorm gain nothing or
+# lose (AlexNet 0.96x, VGG-11 0.95x, Conv-4 0.96x, ConvNet with BatchNorm 0.8x, ResNet-18 1.06x), and an MLP's
+# time is in matrix products (LeNet 0.75x). Compiling costs ~10-30 s per architecture the first time on a
+# machine (~1-3 s with inductor's on-disk cache; later trainings of the same architecture in a process reuse
+# the graphs): it pays after a few hundred steps at worst. CUDA is not measured yet: "auto" is off there ("on"
+# compiles, and runs the synthetic inner loop as CUDA graphs).
+AUTO_COMPILE_MIN_SAMPLES = 20_000
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Stopped(Exception):
@@ -29,6 +55,11 @@ def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts, stable across runs and machines."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def device_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A generator on ``device`` (so drawing from it never copies or syncs), seeded with ``seed``."""
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def snapshot(model: nn.Module) -> dict[str, Tensor]:
@@ -58,6 +89,162 @@ class Stopwatch:
         return time.perf_counter() - self.start
 
 
+# ------------------------------------------------------------------------------------------ fast path
+def compile_pays_on_cpu(model: nn.Module) -> bool:
+    """A conv net with GroupNorm/InstanceNorm or average pooling and no BatchNorm (see the measurements above)."""
+    kinds = [type(m) for m in model.modules()]
+    has = lambda *types_: any(issubclass(k, types_) for k in kinds)  # noqa: E731
+    return (has(nn.modules.conv._ConvNd) and not has(nn.modules.batchnorm._BatchNorm)
+            and has(nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.AvgPool2d, nn.AvgPool1d))
+
+
+def compiler_available(device: torch.device) -> bool:
+    """Whether torch.compile's default backend can build code for ``device`` here."""
+    if device.type == "cpu":
+        return any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++"))
+    if device.type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:  # pragma: no cover - very old torch
+            return False
+        return has_triton()
+    return False
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How the hot loop runs; every setting keeps what it computes (up to float rounding), and masked
+    weights stay exactly zero under all of them.
+
+    * ``precision``: ``"fp32"``, or autocast to ``"bf16"`` / ``"fp16"`` (fp16 scales the loss with a
+      ``GradScaler``; the weights and optimiser state stay fp32).
+    * ``channels_last``: the model's 4-D weights and the input batches in channels-last memory format.
+    * ``compile``: ``"on"`` runs each full training batch's forward and backward (model + loss) through
+      ``torch.compile`` (a short last batch runs eagerly, so there is one graph per shape); ``"auto"`` does
+      so on the CPU for the nets it pays for (:func:`compile_pays_on_cpu`: the ConvNet family) trained for
+      at least :data:`AUTO_COMPILE_MIN_SAMPLES` sample-steps;
+      ``"off"`` never. The warm-up steps' extra time is :attr:`TrainOutcome.compile_s`, apart from ``train_s``.
+    * ``cuda_graphs``: with compile on a CUDA device, compile with ``mode="reduce-overhead"`` (the step's
+      forward and backward replayed as CUDA graphs); for fixed-shape loops (the synthetic inner loop).
+
+    On CUDA, TF32 matmuls/convolutions and ``cudnn.benchmark`` are always on (:func:`use_cuda_fast_math`).
+    """
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: str = "off"
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not allowed; choose one of: {', '.join(PRECISIONS)}")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"compile {self.compile!r} is not allowed; choose one of: {', '.join(COMPILE_MODES)}")
+
+    @classmethod
+    def of(cls, run_config: object) -> "FastPath":
+        """The fast path a ``[run]`` section (:class:`dpcore.config.RunConfig`) asks for."""
+        return cls(precision=getattr(run_config, "precision", "fp32"),
+                   channels_last=bool(getattr(run_config, "channels_last", False)),
+                   compile=getattr(run_config, "compile", "off"))
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return _AMP_DTYPES.get(self.precision)
+
+    def autocast(self, device: torch.device):
+        dtype = self.amp_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def compiles(self, model: nn.Module, device: torch.device, sample_steps: int) -> bool:
+        """Whether a training of ``sample_steps`` (steps x batch) on ``device`` compiles its step."""
+        if self.compile == "off":
+            return False
+        if self.compile == "on":
+            return True
+        return (device.type == "cpu" and sample_steps >= AUTO_COMPILE_MIN_SAMPLES and compile_pays_on_cpu(model)
+                and compiler_available(device))
+
+
+def use_cuda_fast_math(device: torch.device) -> None:
+    """On a CUDA device: TF32 matmuls and convolutions, and ``cudnn.benchmark`` (autotuned convolution
+    algorithms), for the whole process. Every training and evaluation on CUDA calls it, so they all run
+    alike; it is not undone afterwards, as runs on other threads may be training at the same time."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+@contextlib.contextmanager
+def memory_format(model: nn.Module, channels_last: bool) -> Iterator[None]:
+    """The model's 4-D parameters in channels-last format inside the block (contiguous again after)."""
+    if not channels_last:
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def _as_input(x: Tensor, channels_last: bool) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def _loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def _logits(model: nn.Module, x: Tensor) -> Tensor:
+    return model(x)
+
+
+@dataclass
+class _Compiled:
+    """``torch.compile`` of ``fn`` (falls back to eager for good, with a warning, if compiling fails)."""
+
+    fn: Callable
+    mode: str | None = None
+    compiled: Callable | None = None
+    broken: bool = False
+
+    def __call__(self, *args):
+        if self.broken:
+            return self.fn(*args)
+        if self.compiled is None:
+            self.compiled = torch.compile(self.fn, dynamic=False, mode=self.mode)
+        try:
+            return self.compiled(*args)
+        except Exception as err:  # noqa: BLE001 - no C++ compiler / triton, an unsupported op: run eagerly
+            self.broken = True
+            first = str(err).splitlines()[0] if str(err) else ""
+            warnings.warn(f"torch.compile failed ({type(err).__name__}: {first}); running eagerly",
+                          RuntimeWarning, stacklevel=3)
+            return self.fn(*args)
+
+
+_COMPILED: dict[tuple, _Compiled] = {}
+
+
+def compiled_step(fn: Callable, model: nn.Module, mode: str | None = None) -> _Compiled:
+    """The process's compiled ``fn`` for ``model``'s architecture: every model built alike shares its graphs
+    (parameters are graph inputs). Each architecture gets its own copy of ``fn`` (own code object), so
+    dynamo's per-function recompile limit (8 graphs) counts per architecture, not for the whole process
+    (past the limit dynamo would quietly run eagerly)."""
+    key = (fn.__name__, mode, type(model).__qualname__, repr(model))
+    step = _COMPILED.get(key)
+    if step is None:
+        copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                                  fn.__closure__)
+        step = _COMPILED[key] = _Compiled(copy, mode)
+    return step
+
+
+# ------------------------------------------------------------------------------------------ training
 @dataclass(frozen=True)
 class Schedule:
     optimizer: str
@@ -73,85 +260,164 @@ class Schedule:
         return self.lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
+        """Adam or SGD; the fused (one kernel for all parameters, no host syncs even with a GradScaler)
+        implementation where torch has one for the parameters' device."""
+        params = list(params)
+        fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+        extra = {"fused": True} if fused else {}
         if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, **extra)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, **extra)
 
 
 @dataclass
 class TrainOutcome:
-    train_s: float
+    train_s: float  # training wall time, without compile_s
     steps: int
     capture: dict[str, Tensor] | None = None  # state at capture_step, if asked for
-    capture_s: float | None = None  # training time spent before the capture
+    capture_s: float | None = None  # training time spent before the capture (without compile_s)
+    compile_s: float = 0.0  # warm-up of a compiled step: its first steps' time beyond the steady per-step time
+    compiled: bool = False  # whether the step ran compiled
+
+
+class _WarmUp:
+    """Times the first steps of a compiled training apart (one device sync after each, at most ``n``)."""
+
+    def __init__(self, device: torch.device, n: int):
+        self.device, self.left, self.done, self.times = device, n, 0, []
+        self.last = time.perf_counter()
+
+    def step(self) -> None:
+        if self.left:
+            synchronize(self.device)
+            now = time.perf_counter()
+            self.times.append(now - self.last)
+            self.last = now
+            self.left -= 1
+
+    def split(self, total_s: float, steps: int) -> tuple[float, float]:
+        """(compile_s, steady per-step time): the warm-up's time beyond ``len(times)`` steady steps."""
+        if not self.times:
+            return 0.0, (total_s / steps if steps else 0.0)
+        warm_s = sum(self.times)
+        rest = steps - len(self.times)
+        steady = (total_s - warm_s) / rest if rest > 0 else min(self.times)
+        return max(0.0, warm_s - len(self.times) * steady), steady
 
 
 def train(model: nn.Module, x: Tensor, y: Tensor, *, schedule: Schedule, seed: int,
           prepare: Callable[[Tensor], Tensor] = lambda t: t, mask: Mask | None = None,
           augment: Augment | None = None, start_step: int = 0, capture_step: int | None = None,
-          on_epoch: EpochCallback | None = None, should_stop: Callable[[], bool] | None = None) -> TrainOutcome:
+          on_epoch: EpochCallback | None = None, should_stop: Callable[[], bool] | None = None,
+          fast: FastPath | None = None) -> TrainOutcome:
     """Train ``model`` in place from global step ``start_step`` to the end of the schedule.
 
-    Epoch ``e`` always uses the permutation drawn from ``(seed, e)``, so starting at a rewind step
-    continues the same data order. Masked weights are zeroed after every step.
+    Epoch ``e`` always uses the permutation drawn from ``(seed, e)`` on the data's device, so starting at
+    a rewind step continues the same data order. Masked weights are zeroed after every step. ``augment``
+    gets each prepared batch and a generator on its device seeded by ``(seed, start_step)``.
     """
+    fast = fast or FastPath()
     device = next(model.parameters()).device
     n = x.shape[0]
     batch = min(schedule.batch_size, n)
     per_epoch = (n + batch - 1) // batch
-    apply_mask = MaskApplier(model, mask) if mask is not None else None
-    if apply_mask:
-        apply_mask()
-    opt = schedule.make_optimizer(model.parameters())
-    aug_gen = torch.Generator().manual_seed(derive_seed(seed, "augment", start_step))
-    model.train()
-    capture = None
+    remaining = max(0, schedule.epochs * per_epoch - start_step)
+    compiled = fast.compiles(model, device, remaining * batch)
+    graphed = compiled and fast.cuda_graphs and device.type == "cuda"
+    loss_fn = compiled_step(_loss, model, "reduce-overhead" if graphed else None) if compiled else _loss
+    scaler = torch.amp.GradScaler(device.type) if fast.precision == "fp16" else None
+    use_cuda_fast_math(device)
+    with memory_format(model, fast.channels_last):
+        apply_mask = MaskApplier(model, mask) if mask is not None else None
+        if apply_mask:
+            apply_mask()
+        opt = schedule.make_optimizer(model.parameters())
+        aug_gen = device_generator(x.device, derive_seed(seed, "augment", start_step))
+        model.train()
+        capture = None
+        capture_at = None  # (steps done, raw elapsed s) at the capture
+        watch = Stopwatch(device)
+        warm = _WarmUp(device, (3 if graphed else 2) if compiled else 0)
+        step = start_step
+        if capture_step is not None and capture_step == start_step:
+            capture, capture_at = snapshot(model), (0, 0.0)
+        last = None
+        for epoch in range(start_step // per_epoch, schedule.epochs):
+            for group in opt.param_groups:
+                group["lr"] = schedule.lr_at(epoch)
+            order = torch.randperm(n, generator=device_generator(x.device, derive_seed(seed, "epoch", epoch)),
+                                   device=x.device)
+            for b in range(step - epoch * per_epoch, per_epoch):
+                if should_stop is not None and should_stop():
+                    raise Stopped
+                idx = order[b * batch: (b + 1) * batch]
+                xb = prepare(x[idx])
+                if augment is not None:
+                    xb = augment(xb, aug_gen)
+                xb, yb = _as_input(xb, fast.channels_last), y[idx]
+                opt.zero_grad(set_to_none=True)  # before the forward: no gradient outlives its CUDA graph run
+                if graphed:
+                    torch.compiler.cudagraph_mark_step_begin()
+                with fast.autocast(device):
+                    loss = (loss_fn if xb.shape[0] == batch else _loss)(model, xb, yb)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                if apply_mask:
+                    apply_mask()
+                step += 1
+                warm.step()
+                if b == per_epoch - 1:
+                    last = loss.detach().clone() if graphed else loss.detach()  # a graph's output is reused
+                if capture_step is not None and step == capture_step:
+                    capture, capture_at = snapshot(model), (step - start_step, watch.elapsed())
+            if on_epoch is not None and last is not None:
+                on_epoch(epoch + 1, schedule.epochs, last)
+                last = None
+        total = watch.elapsed()
+    compile_s, steady = warm.split(total, step - start_step)
     capture_s = None
-    watch = Stopwatch(device)
-    step = start_step
-    if capture_step is not None and capture_step == start_step:
-        capture, capture_s = snapshot(model), 0.0
-    for epoch in range(start_step // per_epoch, schedule.epochs):
-        for group in opt.param_groups:
-            group["lr"] = schedule.lr_at(epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))).to(device)
-        loss = None
-        for b in range(step - epoch * per_epoch, per_epoch):
-            if should_stop is not None and should_stop():
-                raise Stopped
-            idx = order[b * batch: (b + 1) * batch]
-            xb = prepare(x[idx])
-            if augment is not None:
-                xb = augment(xb, aug_gen)
-            loss = F.cross_entropy(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if apply_mask:
-                apply_mask()
-            step += 1
-            if capture_step is not None and step == capture_step:
-                capture, capture_s = snapshot(model), watch.elapsed()
-        if on_epoch is not None and loss is not None:
-            on_epoch(epoch + 1, schedule.epochs, loss.detach())
-    return TrainOutcome(train_s=watch.elapsed(), steps=step, capture=capture, capture_s=capture_s)
+    if capture_at is not None:
+        done, raw = capture_at
+        capture_s = done * steady if done <= len(warm.times) else max(0.0, raw - compile_s)
+    return TrainOutcome(train_s=total - compile_s, steps=step, capture=capture, capture_s=capture_s,
+                        compile_s=compile_s, compiled=compiled)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, prepare: Callable[[Tensor], Tensor] = lambda t: t,
-             batch_size: int = 2048) -> tuple[float, float]:
-    """(accuracy as a fraction, mean cross-entropy) over the whole split."""
+             batch_size: int = 2048, fast: FastPath | None = None) -> tuple[float, float]:
+    """(accuracy as a fraction, mean cross-entropy) over the whole split.
+
+    Sums stay on the device and are read once at the end. ``fast``: precision and channels-last as in
+    training; its forward is compiled only with ``compile = "on"`` (a few large batches: "auto" does not).
+    """
+    fast = fast or FastPath()
+    device = y.device
+    was_training = model.training
     model.eval()
-    correct = torch.zeros((), device=y.device)
-    loss = torch.zeros((), device=y.device)
-    for i in range(0, x.shape[0], batch_size):
-        logits = model(prepare(x[i: i + batch_size]))
-        yb = y[i: i + batch_size]
-        correct += (logits.argmax(1) == yb).sum()
-        loss += F.cross_entropy(logits, yb, reduction="sum")
-    model.train()
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss = torch.zeros((), dtype=torch.float32, device=device)
     n = x.shape[0]
-    return float(correct) / n, float(loss) / n
+    full = min(batch_size, n)
+    forward = compiled_step(_logits, model) if fast.compile == "on" else _logits
+    use_cuda_fast_math(device)
+    with memory_format(model, fast.channels_last):
+        for i in range(0, n, batch_size):
+            xb = _as_input(prepare(x[i: i + batch_size]), fast.channels_last)
+            yb = y[i: i + batch_size]
+            with fast.autocast(device):
+                logits = (forward if xb.shape[0] == full else _logits)(model, xb)
+            logits = logits.float()
+            correct += (logits.argmax(1) == yb).sum()
+            loss += F.cross_entropy(logits, yb, reduction="sum")
+    model.train(was_training)
+    acc_sum, loss_sum = torch.stack([correct.double(), loss.double()]).tolist()  # the one read
+    return acc_sum / n, loss_sum / n
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

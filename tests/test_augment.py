@@ -70,3 +70,40 @@ def test_dsa_covers_all_ops_and_validates():
     assert DSA("none")(x, 0) is x
     with pytest.raises(ConfigError, match="allowed"):
         DSA("color_blur")
+
+
+def test_crop_flip_draws_on_the_batch_device_without_copies():
+    from sync_guard import record_syncs
+
+    x = batch()
+    gen = torch.Generator(device=x.device).manual_seed(4)
+    assert record_syncs(lambda: crop_flip(x, generator=gen)) == {}  # no .to(), no reads
+    assert record_syncs(lambda: crop_flip(x)) == {}  # the global RNG, on x's device
+
+
+@pytest.mark.parametrize("op", DSA.OPS)
+def test_dsa_apply_draws_on_the_generator_and_stays_differentiable(op):
+    from sync_guard import record_syncs
+
+    dsa = DSA(op, batchwise=False)
+    x = batch(n=6, s=12).requires_grad_(True)
+    a = dsa.apply(x, op, torch.Generator().manual_seed(5))
+    assert torch.equal(a, dsa.apply(x, op, torch.Generator().manual_seed(5)))
+    assert a.shape == x.shape and record_syncs(lambda: dsa.apply(x, op, torch.Generator().manual_seed(5))) == {}
+    (a * torch.randn_like(a)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_dsa_sampler_replays_its_ops_and_draws_from_the_training_generator():
+    dsa = DSA(batchwise=False)
+    x = batch(n=4)
+
+    def outputs(seed, gen_seed):
+        aug, gen = dsa.sampler(seed), torch.Generator().manual_seed(gen_seed)
+        return [aug(x, gen) for _ in range(12)]
+
+    a, b = outputs(1, 2), outputs(1, 2)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))  # same seeds: the same ops and parameters
+    assert any(not torch.equal(u, v) for u, v in zip(a, outputs(1, 3)))  # another generator: other parameters
+    assert any(not torch.equal(u, v) for u, v in zip(a, outputs(7, 2)))  # another seed: other ops
+    assert DSA("none").sampler(0)(x, torch.Generator()) is x

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..data.dataset import Dataset
 from ..masks import Mask
-from ..training import (Augment, EpochCallback, Schedule, Stopped, Stopwatch, derive_seed, evaluate, restore,
+from ..training import (Augment, EpochCallback, FastPath, Schedule, Stopped, Stopwatch, derive_seed, evaluate, restore,
                         snapshot, train)
 
 State = dict[str, Tensor]
@@ -146,7 +146,7 @@ def copy_seeds(seed: int, same_order: bool = False) -> tuple[int, int]:
 def instability_analysis(model: nn.Module, start: State, mask: Mask, ds: Dataset, *, schedule: Schedule,
                          seed: int, start_step: int = 0, augment: Augment | None = None, alphas: int = 11,
                          bn_recompute: bool = False, same_order: bool = False, eval_batch_size: int = 2048,
-                         hooks: Hooks | None = None) -> Instability:
+                         hooks: Hooks | None = None, fast: FastPath | None = None) -> Instability:
     """Train two copies of ``model`` masked by ``mask`` from ``start`` (global step ``start_step``) and
     evaluate the linear path between them. ``model`` is left holding the last alpha's weights."""
     hooks = hooks or Hooks()
@@ -156,7 +156,7 @@ def instability_analysis(model: nn.Module, start: State, mask: Mask, ds: Dataset
     for copy, s in enumerate(seeds):
         hooks.stage("instability")
         restore(model, start)
-        out = train(model, ds.x_train, ds.y_train, schedule=schedule, seed=s, prepare=ds.prepare, mask=mask,
+        out = train(model, ds.x_train, ds.y_train, schedule=schedule, seed=s, prepare=ds.prepare, mask=mask, fast=fast,
                     augment=augment, start_step=start_step, on_epoch=hooks.epoch, should_stop=hooks.should_stop)
         ac, lo = evaluate(model, ds.x_test, ds.y_test, prepare=ds.prepare, batch_size=eval_batch_size)
         states.append(snapshot(model))

@@ -20,7 +20,7 @@ from ..events import AnalysisDone
 from ..masks import Mask, full_mask
 from ..safe_load import safe_torch_load
 from ..store import RunDir, atomic_torch_save, config_hash
-from ..training import Augment, EpochCallback, Schedule, derive_seed, restore, train
+from ..training import Augment, EpochCallback, FastPath, Schedule, derive_seed, restore, train
 from .instability import Hooks, instability_analysis
 from .weights import weight_histograms
 
@@ -41,6 +41,7 @@ class AnalysisInputs:
     run_dir: RunDir
     rewind_cache: Path  # <runs>/cache/rewind: dense states at other rewind steps
     dense_identity: dict  # what determines the dense training of this seed
+    fast: FastPath | None = None  # the run's fast path: the replays train as the run's trainings did
 
 
 class AnalysisStage:
@@ -95,7 +96,7 @@ class AnalysisStage:
         ds = self.inputs.dataset
         out = train(model, ds.x_train, ds.y_train, schedule=schedule, seed=derive_seed(self.inputs.seed, "real", 0),
                     prepare=ds.prepare, mask=full_mask(model), augment=self.inputs.augment, capture_step=step,
-                    on_epoch=self.hooks.epoch, should_stop=self.hooks.should_stop)
+                    on_epoch=self.hooks.epoch, should_stop=self.hooks.should_stop, fast=self.inputs.fast)
         if out.capture is None:
             raise DPError(f"rewind step {step} is past the end of training ({out.steps} steps)")
         return out.capture, out.capture_s or 0.0
@@ -120,7 +121,7 @@ class AnalysisStage:
             res = instability_analysis(model, start, self.mask_at(r, model), inp.dataset, schedule=inp.schedule,
                                        seed=derive_seed(inp.seed, "instability"), start_step=step,
                                        augment=inp.augment, alphas=spec.alphas, bn_recompute=spec.bn_recompute,
-                                       eval_batch_size=inp.eval_batch_size, hooks=self.hooks)
+                                       eval_batch_size=inp.eval_batch_size, hooks=self.hooks, fast=inp.fast)
             entry = {"round": r, "sparsity": self.sparsity_at(results, r), "rewind": {"k": k, "unit": unit, "step": step},
                      "alphas": res.curve.alphas, "test_acc": res.curve.test_acc, "test_loss": res.curve.test_loss,
                      "instability": res.curve.instability, "barrier": res.curve.barrier,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -27,6 +27,8 @@ class Dataset:
     classes: tuple[str, ...] = ()
     augment: str = "none"  # "crop_flip" for CIFAR-like data, "none" otherwise
     whitened: bool = False  # True when x_* are float32 in ZCA space
+    # (scale, shift) per device for prepare(); built on first use (a copy of the dataset starts empty)
+    _norm: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -56,10 +58,20 @@ class Dataset:
         keep = torch.cat(picks).sort().values.to(self.x_train.device)
         return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep])
 
+    def norm_constants(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(scale, shift) [1, C, 1, 1] on ``device`` with input = uint8 * scale + shift, made once per device."""
+        consts = self._norm.get(device)
+        if consts is None:
+            mean = torch.tensor(self.mean, dtype=torch.float64).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float64).view(1, -1, 1, 1)
+            consts = ((1.0 / (255.0 * std)).float().to(device), (-mean / std).float().to(device))
+            self._norm[device] = consts
+        return consts
+
     def prepare(self, x: Tensor) -> Tensor:
-        """Turn a batch of stored images into float32 model input (on the batch's device)."""
+        """Turn a batch of stored images into float32 model input (on the batch's device):
+        ``(x / 255 - mean) / std`` for uint8 images, as one fused multiply-add after the conversion."""
         if x.dtype != torch.uint8:
             return x.float()
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x.float().div_(255.0) - mean) / std
+        scale, shift = self.norm_constants(x.device)
+        return torch.addcmul(shift, x.float(), scale)
