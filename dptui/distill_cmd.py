@@ -92,7 +92,8 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
 
                 entry = synthetic_cache_dir(runs_dir) / result["key"] if result["key"] else None
                 try:
-                    result.update(evaluate_set(syn, src, ds, compile=compile, on_epoch=on_epoch,
+                    mode = None if compile is None else ("on" if compile else "off")
+                    result.update(evaluate_set(syn, src, ds, compile=mode, on_epoch=on_epoch,
                                                should_stop=stop.is_set, cache_entry=entry))
                 except TrainingStopped:
                     raise Stopped("evaluation stopped by Ctrl-C") from None
@@ -152,8 +153,6 @@ def sources_table(results: list[dict[str, Any]]):
 
 
 def register(app: typer.Typer) -> None:
-    from dpcore.synthetic.workflow import COMPILE_MIN_STEPS
-
     @app.command("distill")
     def distill_command(profile: str = ProfileOpt,
                         method: Optional[str] = typer.Option(None, "--method", "-m", help="distiller (dm, mtt, gm, random-subset); replaces the profile's synthetic source"),
@@ -164,7 +163,7 @@ def register(app: typer.Typer) -> None:
                         out: Optional[Path] = typer.Option(None, "--out", help="write the set here in MTT's layout (+ lr_best.pt, meta.json)"),
                         evaluate: bool = typer.Option(False, "--evaluate", help="train the profile's model on the set (DSA) and test it on the real test split"),
                         as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
-                        compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help=f"torch.compile the model for --evaluate (default: for a conv net on a CPU trained >= {COMPILE_MIN_STEPS} steps)")) -> None:
+                        compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the training step for --evaluate (default: run.compile, whose 'auto' compiles ConvNets trained on a CPU)")) -> None:
         """Make (or reuse) the profile's synthetic set; with --evaluate, measure how well a model trains on it.
         With --variant all, every synthetic source of a comparison profile, summed up in one table."""
         labels: list[Optional[str]] = [variant]

@@ -57,7 +57,7 @@ def load_source_file(sc: SyntheticConfig, dataset, data_root: str | Path | None)
 
     path = resolve_source_path(sc.path, data_root)
     syn = load_synthetic(path, dataset)
-    syn.meta.setdefault("source", str(path))
+    syn.meta["source"] = str(path)  # where it was loaded from (meta.json keeps how it was made)
     syn.meta["cached"] = None  # made elsewhere: neither made now nor reused from our cache
     return syn
 

@@ -6,7 +6,6 @@ test split, and record that evaluation in the cached set's ``meta.json``. The CL
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -15,19 +14,8 @@ import torch
 
 from ..config import Config, SyntheticConfig, synthetic_variants
 from ..errors import ConfigError
+from ..training import FastPath
 from .provider import model_factory, synthetic_cache_dir, synthetic_set
-
-# A conv net trained on a CPU for at least this many steps is compiled (torch.compile of its forward):
-# ~1.7x less CPU time per ConvNet-128 step (fused norm/ReLU/pool), for ~20 s of compiling. An MLP gains
-# nothing (its time is in matrix products) and would pay the compile time.
-COMPILE_MIN_STEPS = 200
-
-
-def worth_compiling(model: torch.nn.Module, sc: SyntheticConfig, n_images: int, device: torch.device) -> bool:
-    steps = sc.epochs * math.ceil(n_images / min(sc.batch_size, n_images))
-    has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    return device.type == "cpu" and has_conv and steps >= COMPILE_MIN_STEPS
-
 
 @dataclass(frozen=True)
 class Source:
@@ -98,24 +86,27 @@ def make_set(src: Source, dataset, runs_dir: str | Path, data_root: str | Path |
     return syn, described
 
 
-def evaluate_set(syn, src: Source, dataset, *, compile: bool | None = None,
+def evaluate_set(syn, src: Source, dataset, *, compile: str | None = None,
                  on_epoch: Callable[[int, int, int, torch.Tensor], None] | None = None,
                  should_stop=None, cache_entry: Path | None = None) -> dict[str, Any]:
     """Train the profile's model on ``syn`` once per ``run.seeds`` (the ``[synthetic]`` training settings) and
-    test each on the real test split. ``on_epoch(seed, epoch, epochs, loss)``; ``compile`` None: see
-    :func:`worth_compiling`. The evaluation is recorded in ``cache_entry``'s ``meta.json`` when given."""
+    test each on the real test split, on the profile's fast path (``[run]`` precision, channels_last, compile;
+    ``compile`` "on"/"off" overrides ``run.compile``). ``on_epoch(seed, epoch, epochs, loss)``. The evaluation
+    is recorded in ``cache_entry``'s ``meta.json`` when given."""
     from ..summary import Stat
     from .evaluate import evaluate_synthetic
     from .files import record_evaluation
 
     cfg, sc = src.cfg, src.synthetic
     factory = model_factory(cfg.model, dataset, dataset.device)
-    use_compile = compile if compile is not None else worth_compiling(factory(), sc, len(syn), dataset.device)
+    fast = FastPath.of(cfg.run)
+    if compile is not None:
+        fast = replace(fast, compile=compile)
     evals = []
     for seed in cfg.run.seeds:
         epoch_cb = None if on_epoch is None else (lambda e, n, loss, s=seed: on_epoch(s, e, n, loss))
         evals.append(evaluate_synthetic(syn, dataset, factory, sc, seed=seed, eval_batch_size=cfg.run.eval_batch_size,
-                                        on_epoch=epoch_cb, should_stop=should_stop, compile=use_compile))
+                                        on_epoch=epoch_cb, should_stop=should_stop, fast=fast))
     accs = [ev.test_acc for ev in evals]
     stat = Stat.of(accs)
     result = dict(test_acc=stat.mean, test_acc_std=stat.std, test_accs=accs, seeds=list(cfg.run.seeds),
@@ -123,7 +114,8 @@ def evaluate_set(syn, src: Source, dataset, *, compile: bool | None = None,
                   train_s=sum(ev.train_s for ev in evals) / len(evals), test_s=evals[0].test_s,
                   model=cfg.model.name, model_options=dict(cfg.model.options), epochs=evals[0].epochs,
                   steps=evals[0].steps, lr=evals[0].lr, batch_size=sc.batch_size, momentum=sc.momentum,
-                  weight_decay=sc.weight_decay, dsa=sc.dsa, compiled=use_compile)
+                  weight_decay=sc.weight_decay, dsa=sc.dsa, compile=fast.compile, precision=fast.precision,
+                  compile_s=sum(ev.compile_s for ev in evals) / len(evals))
     evaluation = {k: result[k] for k in ("test_acc", "test_accs", "train_s", "model", "model_options", "epochs",
                                          "lr", "batch_size", "dsa", "seeds")}
     syn.meta.update(evaluation=evaluation, test_acc=stat.mean)
