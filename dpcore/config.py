@@ -77,7 +77,9 @@ def device_name(x: str) -> str | None:
     return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
-METHODS = ("imp", "distilled", "random")
+DEFAULT_METHODS = ("imp", "distilled", "random")
+AT_INIT_METHODS = ("snip", "grasp", "synflow")  # pruning at initialisation: one shot per round's target
+METHODS = DEFAULT_METHODS + AT_INIT_METHODS
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    methods: list = spec(default_factory=lambda: list(METHODS), kind=list, check=subset_of(*METHODS))
+    methods: list = spec(default_factory=lambda: list(DEFAULT_METHODS), kind=list, check=subset_of(*METHODS),
+                         help="imp, distilled, random; snip, grasp, synflow (pruning at initialisation)")
     rounds: int = spec(10, kind=int, check=at_least(1))
     fraction: float = spec(0.2, kind=float, check=open_unit)
     output_fraction: float = spec(-1.0, kind=float, check=lambda x: None if x == -1 or 0 <= x < 1 else "must be in [0, 1), or -1 for the same as fraction")
@@ -149,6 +152,10 @@ class PruneConfig:
     rewind_unit: str = spec("epoch", kind=str, check=one_of("epoch", "step"))
     validate: str = spec("every", kind=str, check=one_of("every", "final", "none"),
                          help="train each round's mask on real data and test it (Figure 1)")
+    score_batches: int = spec(1, kind=int, check=at_least(1), help="real batches SNIP and GraSP score on")
+    score_batch_size: int = spec(256, kind=int, check=at_least(1), help="images per SNIP/GraSP scoring batch")
+    synflow_iterations: int = spec(100, kind=int, check=at_least(1), help="SynFlow's pruning iterations per mask")
+    grasp_temperature: float = spec(200.0, kind=float, check=positive, help="GraSP's softmax temperature")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 
 from .analysis.stage import AnalysisInputs, AnalysisStage
 from .augment import crop_flip
-from .config import Config, SyntheticConfig, synthetic_variants, to_dict
+from .config import AT_INIT_METHODS, Config, SyntheticConfig, synthetic_variants, to_dict
 from .data.dataset import Dataset
 from .errors import DPError, TrainingDiverged
 from .events import (DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted,
@@ -47,6 +47,10 @@ from .validate import Checked, check_experiment, load_data, resolve_device  # no
 ENGINE_VERSION = 2  # bump when a change alters results, so old runs are not resumed into new ones
 StopFlag = Callable[[], bool]
 ANALYSIS_KEYS = ("instability", "weight_histograms", "figures")  # results.json keys written by analyses
+AT_INIT_KEYS = {"snip": ("score_batches", "score_batch_size"),  # [prune] keys each at-init method reads
+                "grasp": ("score_batches", "score_batch_size", "grasp_temperature"),
+                "synflow": ("synflow_iterations",)}
+AT_INIT_ALL = {k for keys in AT_INIT_KEYS.values() for k in keys}
 
 
 def apply_threads(cfg: Config) -> None:
@@ -70,8 +74,10 @@ def run_identity(cfg: Config, method: str, seed: int, device: torch.device,
         "data": {k: v for k, v in d["data"].items() if k != "root"},
         "model": d["model"],
         "train": d["train"],
-        "prune": {k: v for k, v in d["prune"].items() if k != "methods"},
+        "prune": {k: v for k, v in d["prune"].items() if k != "methods" and k not in AT_INIT_ALL},
     }
+    if method in AT_INIT_METHODS:  # the scoring settings of pruning at init belong to those runs only
+        ident["prune"].update({k: d["prune"][k] for k in AT_INIT_KEYS[method]})
     if cfg.run.threads and device.type == "cpu":  # absent when unset, so existing ids do not change
         ident["threads"] = cfg.run.threads
     fast = {k: getattr(cfg.run, k) for k, off in (("precision", "fp32"), ("channels_last", False), ("compile", "auto"))
@@ -193,6 +199,7 @@ class Run:
             weight_decay=cfg.train.weight_decay, milestones=tuple(cfg.train.milestones), gamma=cfg.train.gamma)
         self.rewind_step = cfg.prune.rewind * (self.per_epoch if cfg.prune.rewind_unit == "epoch" else 1)
         self.fast = FastPath.of(cfg.run)
+        self.score_data = None  # SNIP/GraSP's real batches, drawn once per run
         self.results: dict = {}
 
     # -- events --------------------------------------------------------------------------------
@@ -383,7 +390,7 @@ class Run:
                 self.start_stage("inner")
                 out, inner_acc = self.train_synthetic(model, rewind, mask, syn, r - 1)
                 inner_s, compile_s = out.train_s, out.compile_s
-            if method != "random":
+            if method in ("imp", "distilled"):
                 self.check_finite(model, mask, r)
             self.start_stage("prune")
             watch = Stopwatch(self.device)
@@ -392,11 +399,15 @@ class Run:
             if method == "random":
                 gen = torch.Generator().manual_seed(derive_seed(self.seed, "random", r))
                 mask = {n: m.to(self.device) for n, m in random_prune(mask, gen, output_name=out_name, **kw).items()}
+            elif method in AT_INIT_METHODS:
+                restore(model, init)
+                mask = self.prune_at_init(model, kw)
             else:
                 mask = magnitude_prune(model, mask, **kw)
             prune_s = watch.elapsed()
             restore(model, rewind)
-            t2m += inner_s + prune_s
+            # At init, each round's mask is one scoring of the initialisation, not the sum of the rounds before.
+            t2m = dense["rewind_s"] + prune_s if method in AT_INIT_METHODS else t2m + inner_s + prune_s
             val_acc = val_s = None
             if cfg.prune.validate == "every" or (cfg.prune.validate == "final" and r == cfg.prune.rounds):
                 self.start_stage("validate")
@@ -419,6 +430,19 @@ class Run:
             self.dir.write_results(self.results)
             self.event(RoundDone, row=row)
         self.analysis_stage().analyze(self.results, model, init, dense, cfg.analysis)
+
+    def prune_at_init(self, model, kw: dict) -> Mask:
+        """SNIP / GraSP / SynFlow, one shot from the model's current (initial) weights to round ``kw``'s target;
+        SNIP and GraSP score on the same fixed real batches every round."""
+        from .pruning_at_init import one_shot_prune, real_batches
+
+        p = self.cfg.prune
+        if self.method != "synflow" and self.score_data is None:
+            self.score_data = real_batches(self.ds, batches=p.score_batches, batch_size=p.score_batch_size,
+                                           seed=derive_seed(self.seed, "score"), device=self.device)
+        return one_shot_prune(self.method, model, full_mask(model), self.score_data,
+                              iterations=p.synflow_iterations, temperature=p.grasp_temperature,
+                              input_shape=tuple(self.ds.shape), **kw)
 
     # -- analyses --------------------------------------------------------------------------------
     def analysis_stage(self) -> AnalysisStage:

@@ -41,7 +41,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
-METHOD_ORDER = {"dense": 0, "imp": 1, "distilled": 2, "random": 3}
+METHOD_ORDER = {"dense": 0, "imp": 1, "distilled": 2, "random": 3, "snip": 4, "grasp": 5, "synflow": 6}
 
 
 def format_cell(value: Any, kind: str) -> str:
@@ -155,6 +155,41 @@ def speedup_table(results: list[dict], method: str = "distilled", baseline: str 
     return table
 
 
+def methods_table(results: list[dict], baseline: str = "imp") -> Table:
+    """Every cheap way to a mask against ``baseline`` under the same accounting: per method (and synthetic
+    source) and round, validated accuracy and time-to-mask beside the baseline's, and the speed-up."""
+    cols = [Column("method", "method", "text"), Column("round", "round", "int"), Column("sparsity", "sparsity%", "pct"),
+            Column("val_acc", "acc%", "pct"), Column(f"{baseline}_val_acc", f"{baseline} acc%", "pct"),
+            Column("t2m", "t2m s", "sec"), Column(f"{baseline}_t2m", f"{baseline} t2m s", "sec"),
+            Column("speedup", "speed-up", "x"), Column("speedup_validated", "speed-up +val", "x")]
+    table = Table(f"Methods vs {baseline}", cols)
+    groups = _group(results)
+    if baseline not in groups:
+        table.notes.append(f"needs {baseline} runs")
+        return table
+    base = _round_rows(groups[baseline])
+    for label, runs in groups.items():
+        if label == baseline:
+            continue
+        for rnd, rows in sorted(_round_rows(runs).items()):
+            if rnd not in base:
+                continue
+            t, tb = Stat.of([r["time_to_mask_s"] for r in rows]), Stat.of([r["time_to_mask_s"] for r in base[rnd]])
+            v = Stat.of([r.get("time_to_mask_validated_s") for r in rows])
+            vb = Stat.of([r.get("time_to_mask_validated_s") for r in base[rnd]])
+            table.rows.append({
+                "method": label, "round": rnd, "sparsity": rows[0]["sparsity"],
+                "val_acc": Stat.of([r.get("val_acc") for r in rows]),
+                f"{baseline}_val_acc": Stat.of([r.get("val_acc") for r in base[rnd]]),
+                "t2m": t, f"{baseline}_t2m": tb,
+                "speedup": tb.mean / t.mean if t and tb and t.mean > 0 else None,
+                "speedup_validated": vb.mean / v.mean if v and vb and v.mean > 0 else None,
+            })
+    table.notes.append("time-to-mask: inner trainings and pruning up to the round (imp, distilled, random); one "
+                       "scoring of the initialisation (snip, grasp, synflow); +val adds the mask's real training")
+    return table
+
+
 def distill_note(results: list[dict]) -> str | None:
     if any(r.get("variant") for r in results):
         return None  # several sources: the distillers table has them
@@ -228,6 +263,8 @@ def experiment_tables(results: list[dict]) -> list[Table]:
         tables.append(distillers_table(results))
     elif {"imp", "distilled"} <= methods:
         tables.append(speedup_table(results))
+    if "imp" in methods and methods & {"snip", "grasp", "synflow"}:
+        tables.append(methods_table(results))
     note = distill_note(results)
     if note:
         tables[0].notes.append(note)

@@ -140,3 +140,16 @@ def test_a_diverging_source_fails_only_its_own_runs(tmp_path, tiny_profile):
     assert "Failed runs" in proc.stdout and "lr_img" in proc.stdout
     (export,) = (runs / "experiments").iterdir()
     assert "lr_img" in (export / "summary.md").read_text()
+
+
+def test_bad_pruning_at_init_settings_are_refused(tmp_path, tiny_profile):
+    proc = dptui("--headless", "--profile", str(tiny_profile), "--set", "prune.methods=['imp','snipp']",
+                 "--runs-dir", str(tmp_path / "runs"))
+    one_line_exit_2(proc, "snipp", "prune.methods")
+    proc = dptui("--headless", "--profile", str(tiny_profile), "--set", "prune.synflow_iterations=0",
+                 "--runs-dir", str(tmp_path / "runs"))
+    one_line_exit_2(proc, "prune.synflow_iterations")
+    proc = dptui("--headless", "--profile", str(tiny_profile), "--set", "prune.score_batches=0",
+                 "--runs-dir", str(tmp_path / "runs"))
+    one_line_exit_2(proc, "prune.score_batches")
+    assert not (tmp_path / "runs").exists() or not any(p for p in (tmp_path / "runs").iterdir() if len(p.name) == 16)

@@ -20,7 +20,8 @@ from ..summary import Stat, _group, _round_rows, best_seeds, label_runs
 STYLE = {"font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "legend.fontsize": 7.5,
          "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
          "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5, "svg.hashsalt": "dptui"}
-BASE_COLORS = {"imp": "#1f77b4", "distilled": "#d62728", "random": "#7f7f7f"}
+BASE_COLORS = {"imp": "#1f77b4", "distilled": "#d62728", "random": "#7f7f7f", "snip": "#2ca02c", "grasp": "#ff7f0e",
+               "synflow": "#9467bd"}
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 SPARSITY_TICKS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
 

@@ -184,7 +184,8 @@ class TimeBars(Static):
     """Per-round horizontal bars: inner training time (synthetic for distilled) vs real training time."""
 
     def show(self, rows: list[dict], method: str, width: int | None = None) -> None:
-        inner_name = {"distilled": "syn", "imp": "real", "random": "none"}.get(method, "inner")
+        inner_name = {"distilled": "syn", "imp": "real", "random": "none", "snip": "none", "grasp": "none",
+                      "synflow": "none"}.get(method, "inner")
         if not rows:
             self.update(Text("no finished rounds yet", style="dim"))
             return
