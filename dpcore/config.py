@@ -172,12 +172,20 @@ class AnalysisConfig:
                                   help="rounds whose surviving weights' initial values are histogrammed")
     bins: int = spec(40, kind=int, check=at_least(2), help="histogram bins per layer")
     figures: bool = spec(False, kind=bool, help="write PNG + SVG figures into <run>/figures")
+    hessian_rounds: list = spec(default_factory=list, kind=list, check=ints_at_least(0),
+                                help="rounds whose trained ticket gets its top Hessian eigenvalue (0 = the dense net)")
+    hessian_iterations: int = spec(20, kind=int, check=at_least(1), help="power iterations (Hessian-vector products)")
+    hessian_batches: int = spec(4, kind=int, check=at_least(1), help="fixed real training batches the Hessian is of")
+    landscape_rounds: list = spec(default_factory=list, kind=list, check=ints_at_least(0),
+                                  help="rounds whose trained ticket gets a 2-D loss slice (filter-normalised directions)")
+    landscape_grid: int = spec(11, kind=int, check=at_least(3), help="points per axis of the slice")
+    landscape_span: float = spec(1.0, kind=float, check=positive, help="the slice spans -span..span on each axis")
 
     @property
     def requested(self) -> bool:
         """True when an analysis adds results (instability, histograms), so it is part of a run's identity.
         Figures only draw those results: they are written into results.json too, but do not change the id."""
-        return bool(self.instability_rounds or self.histogram_rounds)
+        return bool(self.instability_rounds or self.histogram_rounds or self.hessian_rounds or self.landscape_rounds)
 
 
 @dataclass(frozen=True)
@@ -295,7 +303,7 @@ def _check_cross(cfg: Config, where: str) -> None:
     synthetic_variants(cfg, where)
     if any(m >= 10**6 for m in cfg.train.milestones):
         raise ConfigError(f"{where}: 'train.milestones' are epochs and look too large")
-    for key in ("instability_rounds", "histogram_rounds"):
+    for key in ("instability_rounds", "histogram_rounds", "hessian_rounds", "landscape_rounds"):
         late = [r for r in getattr(cfg.analysis, key) if r > cfg.prune.rounds]
         if late:
             raise ConfigError(f"{where}: 'analysis.{key}' has round {late[0]} but prune.rounds = {cfg.prune.rounds}")

@@ -46,7 +46,7 @@ from .validate import Checked, check_experiment, load_data, resolve_device  # no
 
 ENGINE_VERSION = 2  # bump when a change alters results, so old runs are not resumed into new ones
 StopFlag = Callable[[], bool]
-ANALYSIS_KEYS = ("instability", "weight_histograms", "figures")  # results.json keys written by analyses
+ANALYSIS_KEYS = ("instability", "weight_histograms", "hessian", "landscape", "figures")  # written by analyses
 AT_INIT_KEYS = {"snip": ("score_batches", "score_batch_size"),  # [prune] keys each at-init method reads
                 "grasp": ("score_batches", "score_batch_size", "grasp_temperature"),
                 "synflow": ("synflow_iterations",)}
@@ -92,6 +92,12 @@ def run_identity(cfg: Config, method: str, seed: int, device: torch.device,
                              "instability_rewinds": sorted(set(a["instability_rewinds"])),
                              "instability_rounds": sorted(set(a["instability_rounds"])),
                              "histogram_rounds": sorted(set(a["histogram_rounds"]))}
+        for key in ("hessian_rounds", "landscape_rounds"):  # absent when unset, so existing ids do not change
+            if a[key]:
+                ident["analysis"][key] = sorted(set(a[key]))
+            else:
+                for k in [k for k in ident["analysis"] if k.startswith(key.split("_")[0] + "_")]:
+                    del ident["analysis"][k]
     return ident
 
 
@@ -460,7 +466,8 @@ class Run:
         if not old or not old.get("rounds"):
             raise DPError(f"{self.dir.path}: no finished rounds to analyse; run it first")
         done = len(old["rounds"])
-        late = [r for r in [*spec.instability_rounds, *spec.histogram_rounds] if r > done]
+        late = [r for r in [*spec.instability_rounds, *spec.histogram_rounds, *spec.hessian_rounds,
+                            *spec.landscape_rounds] if r > done]
         if late:
             raise DPError(f"{self.dir.path}: round {late[0]} is not finished (the run has {done} rounds)")
         self.results = old

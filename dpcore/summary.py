@@ -268,6 +268,9 @@ def experiment_tables(results: list[dict]) -> list[Table]:
     note = distill_note(results)
     if note:
         tables[0].notes.append(note)
+    tickets = ticket_table(results)
+    if tickets.rows:
+        tables.append(tickets)
     if failed.rows:
         tables.append(failed)
     return tables
@@ -376,6 +379,35 @@ def instability_table(results: list[dict]) -> Table:
     table.notes.append("two copies trained from the rewind point with different data orders, evaluated at "
                        "evenly spaced alphas; instability = max over alpha of mean(end accs) - acc(alpha) (>= 0); "
                        "barrier = max drop below the straight line between the ends; pp = percentage points")
+    return table
+
+
+def ticket_table(results: list[dict]) -> Table:
+    """The trained tickets' curvature and loss landscape (``[analysis] hessian_rounds`` / ``landscape_rounds``):
+    per method and round, the top Hessian eigenvalue and the mean rise of the loss over the 2-D slice."""
+    cols = [Column("method", "method", "text"), Column("round", "round", "int"), Column("sparsity", "sparsity%", "pct"),
+            Column("eigenvalue", "top Hessian eig", "num"), Column("converged", "converged", "text"),
+            Column("centre_loss", "loss", "num"), Column("mean_rise", "slice loss rise", "num"),
+            Column("seeds", "seeds", "int")]
+    table = Table("Hessian and landscape", cols)
+    for label, runs in _group(results).items():
+        by_round: dict[int, dict[str, list]] = {}
+        for res in runs:
+            for key in ("hessian", "landscape"):
+                for e in res.get(key) or []:
+                    by_round.setdefault(e["round"], {"hessian": [], "landscape": [], "sparsity": e["sparsity"]})[key].append(e)
+        for rnd, got in sorted(by_round.items()):
+            h, ls = got["hessian"], got["landscape"]
+            table.rows.append({
+                "method": label, "round": rnd, "sparsity": got["sparsity"],
+                "eigenvalue": Stat.of([e["eigenvalue"] for e in h]),
+                "converged": f"{sum(bool(e['converged']) for e in h)}/{len(h)}" if h else "",
+                "centre_loss": Stat.of([e["centre_loss"] for e in ls]), "mean_rise": Stat.of([e["mean_rise"] for e in ls]),
+                "seeds": max(len(h), len(ls)),
+            })
+    table.notes.append("on each round's mask trained on real data from the rewind point; eigenvalue: power iteration "
+                       "on fixed real batches; slice: test loss on two filter-normalised random directions "
+                       "(Li et al. 2018), rise = mean over the grid minus the centre")
     return table
 
 

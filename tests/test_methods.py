@@ -38,3 +38,24 @@ def test_every_method_runs_headless_into_every_table_and_export(tmp_path, tiny_p
     assert {r["method"] for r in methods} == set(METHODS) - {"imp"}
     md = (export / "summary.md").read_text()
     assert all(m in md for m in METHODS)
+
+
+def test_hessian_and_landscape_of_trained_tickets_reach_results_tables_and_figures(tmp_path, tiny_profile):
+    runs = tmp_path / "runs"
+    args = ("--headless", "--profile", str(tiny_profile), "--runs-dir", str(runs),
+            "--set", "prune.methods=['imp','distilled']", "--set", "analysis.hessian_rounds=[1,3]",
+            "--set", "analysis.landscape_rounds=[3]", "--set", "analysis.landscape_grid=5",
+            "--set", "analysis.figures=true")
+    proc = dptui(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "Hessian and landscape" in proc.stdout
+    for path in runs.glob("*/results.json"):
+        res = json.loads(path.read_text())
+        assert [e["round"] for e in res["hessian"]] == [1, 3]
+        assert all(e["eigenvalue"] > 0 and e["iterations"] >= 1 and e["history"] for e in res["hessian"])
+        (slice_,) = res["landscape"]
+        assert len(slice_["loss"]) == 5 and len(slice_["loss"][0]) == 5
+        assert slice_["loss"][2][2] == slice_["centre_loss"] and slice_["mean_rise"] > 0  # a minimum of sorts
+        assert (path.parent / "figures" / "landscape.svg").is_file()
+    again = dptui(*args)  # finished: nothing is recomputed
+    assert again.returncode == 0 and "round  1" not in again.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import DPError
 from ..store import RUN_ID, RunDir, read_json
 from ..summary import (Table, _group, distill_note, histogram_table, instability_table, label_runs,
-                       layer_sparsity_table, overlap_table, rounds_table, seeds_table, speedup_table)
+                       layer_sparsity_table, overlap_table, rounds_table, seeds_table, speedup_table, ticket_table)
 from .weights import jaccard, random_jaccard
 
 Loaded = list[tuple[dict, RunDir]]
@@ -78,6 +78,6 @@ def report_tables(runs: Loaded) -> list[Table]:
         for other in (m for m, b in groups.items() if b == "distilled"):
             tables.append(speedup_table(results, method=other, baseline=base))
     tables.append(seeds_table(results))
-    optional = [instability_table(results), layer_sparsity_table(results), histogram_table(results),
+    optional = [instability_table(results), ticket_table(results), layer_sparsity_table(results), histogram_table(results),
                 overlap_table(mask_overlaps(runs))]
     return tables + [t for t in optional if t.rows]

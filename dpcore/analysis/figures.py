@@ -312,12 +312,37 @@ def layer_sparsity_figure(results: list[dict], out_dir: Path) -> FigureFile | No
                       "the whole net.", save(fig, out_dir, "layer_sparsity"))
 
 
+def landscape_figure(results: list[dict], out_dir: Path) -> FigureFile | None:
+    """Contours of the 2-D loss slices of the trained tickets: one panel per method and round (best seed)."""
+    best = best_seeds(results)
+    panels = []
+    for method, runs in _group(results).items():
+        run = _best_run(runs, _seed_of(runs, best, method))
+        for e in (run or {}).get("landscape") or []:
+            panels.append((method, e))
+    if not panels:
+        return None
+    fig = Figure(figsize=(2.8 * len(panels), 2.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, (method, e) in zip(axes[0], panels):
+        cs = ax.contourf(e["alphas"], e["betas"], [list(col) for col in zip(*e["loss"])], levels=12, cmap="viridis")
+        ax.plot([0], [0], "w+", ms=8)
+        ax.set_title(f"{method}, round {e['round']} ({100 * e['sparsity']:.1f}%)", fontsize=8)
+        ax.set_xlabel("direction 1")
+        fig.colorbar(cs, ax=ax, shrink=0.8)
+    axes[0, 0].set_ylabel("direction 2")
+    fig.tight_layout()
+    return FigureFile("landscape", "Test loss of the trained tickets on two filter-normalised random directions "
+                      "(+: the ticket itself).", save(fig, out_dir, "landscape"))
+
+
 def write_figures(results: list[dict], out_dir: Path) -> list[FigureFile]:
     """Every figure the results have data for, into ``out_dir`` (runs labelled by :func:`label_runs`)."""
     results = label_runs(results)
     out = []
     with matplotlib.rc_context(STYLE):
-        for make in (accuracy_figure, time_figure, interpolation_figure, histogram_figure, layer_sparsity_figure):
+        for make in (accuracy_figure, time_figure, interpolation_figure, histogram_figure, layer_sparsity_figure,
+                     landscape_figure):
             fig = make(results, Path(out_dir))
             if fig is not None:
                 out.append(fig)

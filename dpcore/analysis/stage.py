@@ -64,7 +64,21 @@ class AnalysisStage:
         return [(r, k, step) for r in sorted(set(spec.instability_rounds)) for k, step in self.rewind_steps(spec)
                 if (r, step, spec.alphas, spec.bn_recompute) not in done]
 
+    @staticmethod
+    def ticket_pending(res: dict, spec: AnalysisConfig) -> list[tuple[int, bool, bool]]:
+        """(round, needs the Hessian, needs the landscape slice) of each trained-ticket analysis not in ``res``."""
+        have_h = {e["round"] for e in res.get("hessian", [])
+                  if (e["iterations_max"], e["batches"]) == (spec.hessian_iterations, spec.hessian_batches)}
+        have_l = {e["round"] for e in res.get("landscape", [])
+                  if (e["grid"], e["span"]) == (spec.landscape_grid, spec.landscape_span)}
+        rounds = sorted(set(spec.hessian_rounds) | set(spec.landscape_rounds))
+        out = [(r, r in spec.hessian_rounds and r not in have_h, r in spec.landscape_rounds and r not in have_l)
+               for r in rounds]
+        return [t for t in out if t[1] or t[2]]
+
     def pending(self, res: dict, spec: AnalysisConfig) -> bool:
+        if self.ticket_pending(res, spec):
+            return True
         hist = res.get("weight_histograms") or {}
         have = {h["round"] for h in hist.get("rounds", [])}
         figures = res.get("figures")
@@ -106,6 +120,52 @@ class AnalysisStage:
             return full_mask(model)
         return {n: m.to(self.inputs.dataset.device) for n, m in self.inputs.run_dir.load_mask(r).items()}
 
+    def ticket_analyses(self, results: dict, model, init: dict, dense: dict, spec: AnalysisConfig, r: int,
+                        hessian: bool, landscape: bool) -> None:
+        """Train round ``r``'s mask on real data from the run's rewind point (the same training as its
+        validation: same start, mask, data order and seed) and measure the trained ticket: its top Hessian
+        eigenvalue on fixed real batches, and/or a 2-D loss slice on the test split."""
+        from ..pruning_at_init import real_batches
+        from ..training import snapshot
+        from .hessian import top_hessian_eigenvalue
+        from .landscape import slice_2d
+
+        inp, ds = self.inputs, self.inputs.dataset
+        mask = self.mask_at(r, model)
+        restore(model, self.rewind_state(model, inp.rewind_step, init, dense))
+        self.hooks.stage("ticket")
+        train(model, ds.x_train, ds.y_train, schedule=inp.schedule, seed=derive_seed(inp.seed, "real", r),
+              prepare=ds.prepare, mask=mask, augment=inp.augment, start_step=inp.rewind_step,
+              on_epoch=self.hooks.epoch, should_stop=self.hooks.should_stop, fast=inp.fast)
+        sparsity = self.sparsity_at(results, r)
+        if hessian:
+            self.hooks.stage("hessian")
+            batches = real_batches(ds, batches=spec.hessian_batches, batch_size=inp.schedule.batch_size,
+                                   seed=derive_seed(inp.seed, "hessian"), device=ds.device)
+            h = top_hessian_eigenvalue(model, batches, iterations=spec.hessian_iterations,
+                                       seed=derive_seed(inp.seed, "hessian", r) & 0x7FFFFFFF, mask=mask)
+            entry = {"round": r, "sparsity": sparsity, "iterations_max": spec.hessian_iterations,
+                     "batches": spec.hessian_batches, **h}
+            results["hessian"] = sorted([e for e in results.get("hessian", []) if e["round"] != r] + [entry],
+                                        key=lambda e: e["round"])
+            inp.run_dir.write_results(results)
+            self.event(AnalysisDone, analysis="hessian", round=r,
+                       result={"sparsity": sparsity, "eigenvalue": h["eigenvalue"], "converged": h["converged"]})
+        if landscape:
+            self.hooks.stage("landscape")
+            sl = slice_2d(model, snapshot(model), ds.x_test, ds.y_test, grid=spec.landscape_grid,
+                          span=spec.landscape_span, seed=derive_seed(inp.seed, "landscape", r) & 0x7FFFFFFF,
+                          mask=mask, prepare=ds.prepare, batch_size=inp.eval_batch_size)
+            losses = [v for row in sl["loss"] for v in row]
+            c = spec.landscape_grid // 2
+            entry = {"round": r, "sparsity": sparsity, "grid": spec.landscape_grid, "span": spec.landscape_span,
+                     **sl, "centre_loss": sl["loss"][c][c], "mean_rise": sum(losses) / len(losses) - sl["loss"][c][c]}
+            results["landscape"] = sorted([e for e in results.get("landscape", []) if e["round"] != r] + [entry],
+                                          key=lambda e: e["round"])
+            inp.run_dir.write_results(results)
+            self.event(AnalysisDone, analysis="landscape", round=r,
+                       result={"sparsity": sparsity, "mean_rise": entry["mean_rise"]})
+
     @staticmethod
     def sparsity_at(results: dict, r: int) -> float:
         rows = {row["round"]: row for row in results["rounds"]}
@@ -135,6 +195,9 @@ class AnalysisStage:
             inp.run_dir.write_results(results)
             self.event(AnalysisDone, analysis="instability", round=r,
                        result={k2: entry[k2] for k2 in ("sparsity", "rewind", "instability", "barrier", "end_acc")})
+        for r, hessian, landscape in self.ticket_pending(results, spec):
+            self.set_round(r)
+            self.ticket_analyses(results, model, init, dense, spec, r, hessian, landscape)
         if spec.histogram_rounds:
             old = results.get("weight_histograms") or {}
             rounds = set(spec.histogram_rounds)

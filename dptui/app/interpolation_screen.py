@@ -12,7 +12,7 @@ from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 from textual_plotext import PlotextPlot
 
-from dpcore.summary import Table
+from dpcore.summary import Table, ticket_table
 
 from .model import RunView, instability_items, instability_table
 from .runs_screen import KEYS, DashScreen
@@ -46,6 +46,9 @@ class InterpolationScreen(DashScreen):
                 yield Static("", id="interp-empty", classes="empty")
                 yield PlotextPlot(id="interp-plot")
                 yield RowTable(id="interp-table")
+                tickets = RowTable(id="interp-tickets")
+                tickets.display = False
+                yield tickets
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -86,7 +89,12 @@ class InterpolationScreen(DashScreen):
         self.set_title(Text.assemble(("Interpolation", "bold"), f"  {label}  {self.run_id or ''}"))
         empty, plot, table = (self.query_one("#interp-empty", Static), self.query_one("#interp-plot", PlotextPlot),
                               self.query_one("#interp-table", RowTable))
-        empty.display = not items
+        tickets = ticket_table([view.results_for_tables()]) if view else None
+        ticket_view = self.query_one("#interp-tickets", RowTable)
+        ticket_view.display = bool(tickets and tickets.rows)
+        if ticket_view.display:  # the trained tickets' Hessian eigenvalue and loss-landscape slice
+            ticket_view.show_table(tickets)
+        empty.display = not items and not ticket_view.display
         plot.display = table.display = bool(items)
         if not items:
             empty.update(EMPTY.format(label=label) if view else "Pick a run on the left.")
