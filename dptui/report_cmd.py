@@ -15,7 +15,8 @@ from dpcore.errors import ConfigError
 from .interrupt import catch_ctrl_c
 
 FIGURES_OF = {"Rounds": ("accuracy_vs_sparsity", "time_to_mask"), "Instability": ("interpolation",),
-              "Layer sparsity": ("layer_sparsity",), "Initial weights of survivors": ("weight_histograms",)}
+              "Layer sparsity": ("layer_sparsity",), "Initial weights of survivors": ("weight_histograms",),
+              "Hessian and landscape": ("landscape",), "Mask overlap": ("mask_overlap",)}
 
 
 def parse_ints(option: str, text: str) -> list[int]:
@@ -46,8 +47,8 @@ def _runs_line(res: dict) -> str:
 
 
 def write_report(runs, out: Path, title: str) -> list[Path]:
-    from dpcore.analysis.aggregate import report_tables
-    from dpcore.analysis.figures import write_figures
+    from dpcore.analysis.aggregate import mask_overlaps, report_tables
+    from dpcore.analysis.figures import overlap_figure, write_figures
     from dpcore.store import atomic_write_text
     from dpcore.summary import METHOD_ORDER, label_runs
 
@@ -55,6 +56,9 @@ def write_report(runs, out: Path, title: str) -> list[Path]:
 
     tables = report_tables(runs)
     figures = {f.name: f for f in write_figures([res for res, _ in runs], out / "figures")}
+    overlap = overlap_figure(mask_overlaps(runs), out / "figures")
+    if overlap is not None:
+        figures[overlap.name] = overlap
     labelled = sorted(label_runs([res for res, _ in runs]),
                       key=lambda r: (METHOD_ORDER.get(r["base_method"], 9), r["method"], r["seed"]))
     intro = ["Runs compared (mean ± std over seeds in every table; the best seed is marked in the Seeds table "

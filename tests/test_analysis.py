@@ -215,7 +215,7 @@ def test_report_of_two_runs_has_both_methods_tables_and_figures(analysed, tmp_pa
     imp = next(r for r in second if r["method"] == "imp")
     cell = f"{100 * imp['instability'][0]['instability']:.2f}"
     assert "| imp | 2 | 36.00 | k=0 |" in md and cell in md.split("## Instability")[1].split("##")[0]
-    for name in ("accuracy_vs_sparsity", "interpolation", "weight_histograms"):
+    for name in ("accuracy_vs_sparsity", "interpolation", "weight_histograms", "mask_overlap"):
         assert f"figures/{name}.png" in md and f"figures/{name}.svg" in page
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     bad = dptui("report", str(tmp_path / "nowhere"), "--out", str(out))

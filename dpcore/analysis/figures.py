@@ -336,6 +336,36 @@ def landscape_figure(results: list[dict], out_dir: Path) -> FigureFile | None:
                       "(+: the ticket itself).", save(fig, out_dir, "landscape"))
 
 
+def overlap_figure(records: list[dict], out_dir: Path) -> FigureFile | None:
+    """Heat map of mask agreement (Jaccard, mean over seeds) between every two methods, per layer and overall,
+    at the deepest round every pair has (``records``: :func:`dpcore.analysis.aggregate.mask_overlaps`)."""
+    if not records:
+        return None
+    rnd = min(max(r["round"] for r in records if (r["a"], r["b"]) == pair)
+              for pair in {(r["a"], r["b"]) for r in records})
+    recs = [r for r in records if r["round"] == rnd]
+    pairs = list(dict.fromkeys(f"{r['a']} vs {r['b']}" for r in recs))
+    layers = list(dict.fromkeys(n for r in recs for n in r["jaccard"] if n != "all")) + ["all"]
+    grid = [[Stat.of([r["jaccard"].get(n) for r in recs if f"{r['a']} vs {r['b']}" == p]) for n in layers]
+            for p in pairs]
+    values = [[s.mean if s else float("nan") for s in row] for row in grid]
+    fig = Figure(figsize=(1.0 + 0.9 * len(layers), 0.8 + 0.45 * len(pairs)))
+    ax = fig.subplots()
+    im = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="magma", aspect="auto")
+    ax.set_xticks(range(len(layers)), [n.removesuffix(".weight") for n in layers], rotation=30, ha="right")
+    ax.set_yticks(range(len(pairs)), pairs)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
+    ax.grid(False)
+    ax.set_title(f"mask agreement (Jaccard) at round {rnd} ({100 * recs[0]['sparsity']:.1f}% sparse)", fontsize=8)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return FigureFile("mask_overlap", f"Jaccard overlap of the surviving weights of two methods' masks (same seed, "
+                      f"mean over seeds), per layer and overall, at round {rnd} (Mask overlap table).",
+                      save(fig, out_dir, "mask_overlap"))
+
+
 def write_figures(results: list[dict], out_dir: Path) -> list[FigureFile]:
     """Every figure the results have data for, into ``out_dir`` (runs labelled by :func:`label_runs`)."""
     results = label_runs(results)

@@ -67,6 +67,11 @@ def t2m_summary(views: list[RunView]) -> Text:
                 if deepest:
                     parts.append("speed-up over imp: " + ", ".join(
                         f"{name} {row['speedup']:.2f}x @ {pct(row['sparsity'])}" for name, row in deepest.items()))
+            elif t.title.startswith("Methods vs"):  # every other way to a mask, like distilled
+                deepest = {row["method"]: row for row in t.rows if row.get("speedup")}
+                if deepest:
+                    parts.append("vs imp: " + ", ".join(
+                        f"{name} {row['speedup']:.1f}x @ {pct(row['sparsity'])}" for name, row in deepest.items()))
         out.append(f"{exp}: ", style="bold")
         out.append("time-to-mask " + ("; ".join(parts) if parts else "- (no finished rounds)") + "\n")
     out.rstrip()
