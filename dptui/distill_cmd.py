@@ -155,7 +155,7 @@ def sources_table(results: list[dict[str, Any]]):
 def register(app: typer.Typer) -> None:
     @app.command("distill")
     def distill_command(profile: str = ProfileOpt,
-                        method: Optional[str] = typer.Option(None, "--method", "-m", help="distiller (dm, mtt, gm, random-subset); replaces the profile's synthetic source"),
+                        method: Optional[str] = typer.Option(None, "--method", "-m", help="distiller (dm, mtt, gm, random-subset, el2n); replaces the profile's synthetic source"),
                         ipc: Optional[int] = typer.Option(None, "--ipc", min=1, help="images per class"),
                         variant: Optional[str] = typer.Option(None, "--variant", help="one of the profile's synthetic.variants, by label (e.g. 'dm ipc10'), or 'all'"),
                         overrides: Optional[list[str]] = SetOpt, runs_dir: Optional[Path] = RunsOpt,

@@ -110,6 +110,24 @@ def test_mtt_loss_falls_and_lr_is_learned(ds, tmp_path):
     assert back.lr == pytest.approx(syn.lr) and torch.equal(back.images, syn.images)
 
 
+def test_mtt_reads_each_expert_once_and_keeps_only_the_usable_epochs(ds, tmp_path, monkeypatch):
+    from dpcore.synthetic import trajectories
+
+    params = {**MTT_TINY, "num_experts": 2, "expert_train_epochs": 3, "max_start_epoch": 2, "expert_epochs": 1}
+    DISTILLERS["mtt"].distill(ds, ipc=1, model_factory=lenet, seed=0, device="cpu", workdir=tmp_path,
+                              params={**params, "iterations": 1})  # trains and saves the experts
+    reads, banks = [], []
+    real_read, real_on = trajectories._read_expert, trajectories.ExpertBuffer.on
+    monkeypatch.setattr(trajectories, "_read_expert", lambda *a: reads.append(a[0]) or real_read(*a))
+    monkeypatch.setattr(trajectories.ExpertBuffer, "on", lambda self, device: banks.append(self.bank.shape)
+                        or real_on(self, device))
+    syn = DISTILLERS["mtt"].distill(ds, ipc=1, model_factory=lenet, seed=0, device="cpu", workdir=tmp_path,
+                                    params={**params, "iterations": 30})
+    assert syn.meta["iterations_done"] == 30 and syn.meta["experts"]["trained_now"] == 0
+    assert sorted(p.name for p in reads) == ["expert_000.pt", "expert_001.pt"]  # once each, not per iteration
+    assert banks == [(2, 3, FlatParams(lenet()).numel)]  # epochs 0 .. max_start_epoch - 1 + expert_epochs
+
+
 def test_mtt_defaults_follow_the_table():
     r = DISTILLERS["mtt"].resolve
     c10 = r("cifar10", 10, {})
@@ -350,21 +368,3 @@ def test_train_on_synthetic_matches_the_engine_recipe(tmp_path, tiny_profile):
     for (name, a), b in zip(model.state_dict().items(), ours.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(model.state_dict()[next(iter(mask))], start[next(iter(mask))])
-
-
-def test_compiled_forward_falls_back_to_eager(monkeypatch):
-    from dpcore.synthetic import evaluate as ev
-
-    def broken_compile(fn):
-        def run(*args, **kwargs):
-            raise RuntimeError("no C++ compiler")
-        return run
-
-    monkeypatch.setattr(ev.torch, "compile", broken_compile)
-    net = lenet()
-    x = torch.randn(3, *SHAPE)
-    want = net(x)
-    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
-        with ev.compiled_forward(net) as m:
-            assert torch.equal(m(x), want) and torch.equal(m(x), want)  # second call: eager, no new warning
-    assert "forward" not in vars(net)  # the model is left as it was

@@ -103,7 +103,7 @@ def test_unknown_params_and_method(ds):
         _dm(ds, iterations="many")
     with pytest.raises(ConfigError, match="allowed: none"):
         DISTILLERS["random-subset"].distill(ds, ipc=1, model_factory=_factory, seed=0, device="cpu", params={"x": 1})
-    with pytest.raises(ConfigError, match="allowed: dm, gm, mtt, random-subset"):
+    with pytest.raises(ConfigError, match="allowed: dm, el2n, gm, mtt, random-subset"):
         get_distiller("mtt-online")
     with pytest.raises(DataError, match="class .* has only 20 training images but ipc=21"):
         _dm(ds, ipc=21)

@@ -2,16 +2,23 @@
 
 ``DISTILLERS`` maps a method name to its :class:`Distiller`; adding a method means adding one
 module with a ``DISTILLER`` object and listing it below.
+
+The methods' shared pieces, one module each: ``set`` (:class:`SyntheticSet`), ``distiller`` (the
+protocol, ``ProgressFn``, ``StopFn``), ``params`` (resolving and checking parameters), ``sampling``
+(initial images, per-class real batches), ``rng`` (seeded networks on the device), ``dsa``
+(building the augmentation), ``meta`` (loss curves and the common meta fields), ``model_spec``.
 """
 
 from __future__ import annotations
 
 from dpcore.errors import ConfigError
-from dpcore.synthetic import dm, gm, mtt, subset
-from dpcore.synthetic.base import Distiller, SyntheticSet, resolve_params
+from dpcore.synthetic import dm, el2n, gm, mtt, subset
+from dpcore.synthetic.distiller import Distiller
+from dpcore.synthetic.params import resolve_params
+from dpcore.synthetic.set import SyntheticSet
 
 DISTILLERS: dict[str, Distiller] = {
-    d.name: d for d in (dm.DISTILLER, gm.DISTILLER, mtt.DISTILLER, subset.DISTILLER)
+    d.name: d for d in (dm.DISTILLER, gm.DISTILLER, mtt.DISTILLER, subset.DISTILLER, el2n.DISTILLER)
 }
 
 

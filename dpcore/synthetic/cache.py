@@ -27,10 +27,12 @@ import torch
 from torch import nn
 
 from dpcore.errors import ConfigError, DataError, DataWarning
-from dpcore.synthetic.base import ProgressFn, StopFn, SyntheticSet, resolve_params
+from dpcore.synthetic.distiller import ProgressFn, StopFn
+from dpcore.synthetic.params import resolve_params
+from dpcore.synthetic.set import SyntheticSet
 from dpcore.synthetic.files import IMAGES_FILE, load_synthetic, save_synthetic
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _STALE_TMP_S = 24 * 3600
 
 

@@ -29,7 +29,7 @@ from torch import Tensor
 from dpcore.errors import DataError
 from dpcore.safe_load import safe_torch_load
 from dpcore.store import atomic_write
-from dpcore.synthetic.base import SyntheticSet
+from dpcore.synthetic.set import SyntheticSet
 
 IMAGES_FILE = "images_best.pt"
 LABELS_FILE = "labels_best.pt"

@@ -4,16 +4,24 @@ ICLR 2021; Zhao & Bilen, "... with Differentiable Siamese Augmentation", ICML 20
 Every iteration takes a freshly initialised network and alternates ``outer_loop`` times:
 
 (a) for every class c, the gradient of the loss w.r.t. the network's parameters on a real batch of
-    class c and on the synthetic images of class c (both augmented by DSA with the same seed, so
-    identically) are compared with DC's layer-wise distance, sum over output nodes of
-    1 − cos(g_real, g_syn) (biases and other 1-D parameters do not count); the summed distance
+    class c (``batch_real`` random images, or the smallest class's size if that is smaller) and on
+    the synthetic images of class c are compared with DC's layer-wise distance, sum over output nodes
+    of 1 − cos(g_real, g_syn) (biases and other 1-D parameters do not count); the summed distance
     moves the images (SGD, ``lr_img``, momentum 0.5, one optimiser for the whole run);
-(b) except after the last outer step, ``inner_loop`` epochs of plain SGD (``lr_net``) of the network
-    on the synthetic set (per-sample DSA).
+(b) except after the last outer step, ``inner_loop`` epochs of plain SGD (``lr_net``, minibatches of
+    ``batch_train`` in a fresh random order every epoch) of the network on the synthetic set.
+
+With ``dsa`` on: in (a) every class gets its own seed at every outer step, and its real batch and
+its synthetic images both go through the batchwise DSA with that seed, so within a class every
+real and synthetic image gets the same op with the same parameters (siamese); in (b) every
+minibatch goes through per-sample DSA (each image its own parameters) with its own seed. With
+``dsa`` off nothing is augmented.
 
 The per-class gradients are computed for all classes at once (``torch.func.vmap`` of ``grad`` over
 classes, in chunks), not class by class. BatchNorm layers use batch statistics (no running stats).
 ``outer_loop``/``inner_loop`` default to DC's values for the ipc (nearest ipc row).
+The real batches and minibatch orders are drawn on the device and the losses stay there (read
+only at the ~200 progress events): no step waits for the host.
 """
 
 from __future__ import annotations
@@ -26,23 +34,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 
-from dpcore.synthetic.base import (
-    ProgressFn,
-    StopFn,
-    SyntheticSet,
-    Timer,
-    check_ipc,
-    check_positive,
-    class_sorted_index,
-    resolve_params,
-    take_per_class,
-)
-from dpcore.training import derive_seed
+from dpcore.synthetic.distiller import ProgressFn, StopFn
+from dpcore.synthetic.dsa import make_dsa
+from dpcore.synthetic.meta import distill_meta
+from dpcore.synthetic.params import check_ipc, check_positive, resolve_params
+from dpcore.synthetic.rng import seeded_model
+from dpcore.synthetic.sampling import ClassSampler, RealImages, initial_images
+from dpcore.synthetic.set import SyntheticSet
+from dpcore.training import Stopwatch, derive_seed, device_generator
 
 # ipc -> (outer_loop, inner_loop), DC's get_loops.
 LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 _CHUNK_ELEMS = 1 << 21  # real input elements per vmapped gradient pass (bounds activation memory)
-_MAX_CURVE_POINTS = 500
+_PROGRESS_EVENTS = 200
 
 DEFAULTS: dict[str, Any] = {
     "iterations": 1000,
@@ -105,41 +109,34 @@ class GradientMatching:
                        "batch_train")
         counts = check_ipc(dataset, ipc, self.name)
         device = torch.device(device)
-        timer = Timer(device)
+        watch = Stopwatch(device)
         C = dataset.num_classes
         shape = tuple(dataset.shape)
         total = p["iterations"]
+        dsa_pair = make_dsa(p["dsa"], p["dsa_strategy"])  # batchwise: same seed, same transform
+        dsa_sample = make_dsa(p["dsa"], p["dsa_strategy"], batchwise=False)
 
-        dsa_pair = dsa_sample = None
-        if p["dsa"]:
-            from dpcore.augment import DSA
-
-            dsa_pair = DSA(strategy=p["dsa_strategy"])  # batchwise: same seed, same transform
-            dsa_sample = DSA(strategy=p["dsa_strategy"], batchwise=False)
-
-        y_cpu = dataset.y_train.detach().cpu()
-        gen = torch.Generator().manual_seed(int(seed))
-
-        def real_batch(idx: Tensor) -> Tensor:
-            return dataset.prepare(dataset.x_train[idx.to(dataset.x_train.device)]).to(device, torch.float32)
-
-        order, starts, _ = class_sorted_index(y_cpu, C, gen)
-        init_idx, labels = take_per_class(order, starts, torch.full((C,), ipc, dtype=torch.long))
-        images = real_batch(init_idx).detach().clone().requires_grad_(True)
-        labels = labels.to(torch.int64)
+        images, labels, init_idx = initial_images(dataset, ipc, seed, device)
+        images.requires_grad_(True)
         y_syn = labels.to(device)
         opt_img = torch.optim.SGD([images], lr=p["lr_img"], momentum=0.5)
 
         B = int(min(p["batch_real"], int(counts.min())))
+        sampler = ClassSampler(dataset.y_train, C, torch.full((C,), B, dtype=torch.long), device)
+        gen = device_generator(device, derive_seed(seed, "gm-draws"))
+        real = RealImages(dataset, device)
+
+        def real_batch() -> Tensor:
+            return real[sampler.draw(gen)].view(C, B, *shape)
+
         chunk = max(1, _CHUNK_ELEMS // (B * math.prod(shape)))
         y_real = torch.arange(C, device=device)[:, None].expand(C, B)
         y_syn_c = y_syn.view(C, ipc)
         n = C * ipc
         batch_train = min(p["batch_train"], n)
-        rng_devices = [device.index or 0] if device.type == "cuda" else []
 
-        losses = torch.zeros(total)
-        report_every = max(1, total // 200)
+        losses = torch.zeros(total, device=device)
+        report_every = max(1, total // _PROGRESS_EVENTS)
         if progress is not None:
             progress(0, total, None)
         done, stopped = 0, False
@@ -147,10 +144,7 @@ class GradientMatching:
             if should_stop is not None and should_stop():
                 stopped = True
                 break
-            with torch.random.fork_rng(devices=rng_devices):
-                torch.manual_seed(derive_seed(seed, "gm-net", it))
-                net = model_factory()
-            net = net.to(device)
+            net = seeded_model(model_factory, derive_seed(seed, "gm-net", it), device)
             replace_all_batch_norm_modules_(net)
             net.train()
             opt_net = torch.optim.SGD(net.parameters(), lr=p["lr_net"])
@@ -159,15 +153,13 @@ class GradientMatching:
                 return F.cross_entropy(functional_call(net, params, (x,)), y)
 
             per_class_grad = vmap(grad(ce), in_dims=(None, 0, 0))
-            it_loss = 0.0
+            it_loss = torch.zeros((), device=device)
             for ol in range(p["outer_loop"]):
                 params_now = {k: v.detach() for k, v in net.named_parameters()}
-                order, starts, _ = class_sorted_index(y_cpu, C, gen)
-                idx, _ = take_per_class(order, starts, torch.full((C,), B, dtype=torch.long))
-                xr = real_batch(idx).view(C, B, *shape)
+                xr = real_batch()
                 xs = images.view(C, ipc, *shape)
                 if dsa_pair is not None:  # one seed per class, shared by the real and synthetic batch
-                    seeds = torch.randint(2**31 - 1, (C,), generator=gen).tolist()
+                    seeds = [derive_seed(seed, "gm-aug", it, ol, c) for c in range(C)]
                     with torch.no_grad():
                         xr = torch.stack([dsa_pair(xr[c], seed=s) for c, s in enumerate(seeds)])
                     xs = torch.stack([dsa_pair(xs[c], seed=s) for c, s in enumerate(seeds)])
@@ -182,36 +174,27 @@ class GradientMatching:
                 opt_img.zero_grad(set_to_none=True)
                 loss.backward()
                 opt_img.step()
-                it_loss += float(loss.detach())
+                it_loss += loss.detach()
                 if ol == p["outer_loop"] - 1:
                     break
                 x_train = images.detach()
-                for _ in range(p["inner_loop"]):
-                    for b in torch.randperm(n, generator=gen).split(batch_train):
-                        b = b.to(device)
+                for epoch in range(p["inner_loop"]):
+                    order = torch.randperm(n, generator=gen, device=device)
+                    for j, b in enumerate(order.split(batch_train)):
                         xb = x_train[b]
                         if dsa_sample is not None:
-                            xb = dsa_sample(xb, seed=int(torch.randint(2**31 - 1, (1,), generator=gen)))
+                            xb = dsa_sample(xb, seed=derive_seed(seed, "gm-train", it, ol, epoch, j))
                         loss_net = F.cross_entropy(net(xb), y_syn[b])
                         opt_net.zero_grad(set_to_none=True)
                         loss_net.backward()
                         opt_net.step()
             losses[it] = it_loss / (p["outer_loop"] * C)
             done = it + 1
-            if progress is not None and (done % report_every == 0 or done == total):
+            if progress is not None and (done % report_every == 0 or done == total):  # ~200 host reads per run
                 progress(done, total, float(losses[it]))
 
-        stride = max(1, math.ceil(done / _MAX_CURVE_POINTS))
-        keep = list(range(0, done, stride)) + ([done - 1] if done and (done - 1) % stride else [])
-        meta: dict[str, Any] = {
-            "method": self.name, "dataset": dataset.name, "whitened": bool(dataset.whitened), "ipc": ipc,
-            "seed": int(seed), "params": p, "distill_s": timer.elapsed(), "iterations_done": done,
-            "final_loss": float(losses[done - 1]) if done else None,
-            "loss_curve": [[i + 1, float(losses[i])] for i in keep],
-            "init_indices": init_idx.tolist(), "device": str(device),
-        }
-        if stopped:
-            meta["stopped"] = True
+        meta = distill_meta(self.name, dataset, ipc=ipc, seed=seed, params=p, distill_s=watch.elapsed(), done=done,
+                            losses=losses, device=device, stopped=stopped, init_indices=init_idx.tolist())
         return SyntheticSet(images=images.detach().cpu().clone(), labels=labels, lr=None, meta=meta)
 
 

@@ -12,6 +12,12 @@ minibatches of the synthetic images (DSA per sample) with the learnable lr; the 
 
 and both the images (lr ``lr_img``) and the lr (``lr_lr``) take an SGD step with momentum 0.5.
 
+The snapshots the matching can use (epochs 0 .. max_start_epoch - 1 + expert_epochs of every
+expert) are read from disk once, into one bank kept on the device when it fits; the order of the
+experts and the start epochs are drawn once for the whole run, the minibatch orders on the device,
+and the losses stay on the device (read only at the ~200 progress events, where the divergence
+check is made): no iteration waits for the host.
+
 The student is the profile's model run functionally (``torch.func.functional_call``) on one flat
 parameter vector, unflattened into views at every step, so any registry model works. BatchNorm
 layers use batch statistics and keep no running stats in the student (MTT's nets have no BN).
@@ -24,7 +30,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -35,21 +40,16 @@ from torch import Tensor, nn
 from torch.func import functional_call, replace_all_batch_norm_modules_
 
 from dpcore.errors import ConfigError, DataError, DataWarning
-from dpcore.synthetic.base import (
-    ProgressFn,
-    StopFn,
-    SyntheticSet,
-    Timer,
-    check_ipc,
-    check_positive,
-    class_sorted_index,
-    resolve_params,
-    take_per_class,
-)
+from dpcore.synthetic.distiller import ProgressFn, StopFn
+from dpcore.synthetic.dsa import make_dsa
+from dpcore.synthetic.meta import curve, distill_meta
+from dpcore.synthetic.params import check_ipc, check_positive, resolve_params
+from dpcore.synthetic.sampling import initial_images
+from dpcore.synthetic.set import SyntheticSet
 from dpcore.synthetic.trajectories import ExpertSpec, FlatParams, ensure_experts
-from dpcore.training import Stopped, derive_seed
+from dpcore.training import Stopped, Stopwatch, derive_seed, device_generator
 
-_MAX_CURVE_POINTS = 500
+_PROGRESS_EVENTS = 200
 _MIN_LR = 1e-6  # the learnable lr is kept at least this (MTT leaves it free; a negative lr makes no set)
 
 # (family, ipc) -> the settings that differ from DEFAULTS, and whether the row assumes ZCA data.
@@ -156,23 +156,13 @@ class TrajectoryMatching:
             warnings.warn(DataWarning(f"MTT's settings for {family} ipc{row_ipc} assume ZCA-whitened data; "
                                       "set data.zca = true to match them"), stacklevel=2)
         device = torch.device(device)
-        timer = Timer(device)
+        watch = Stopwatch(device)
         spec = ExpertSpec(lr=p["lr_teacher"], epochs=p["expert_train_epochs"], batch_size=p["expert_batch"],
                           dsa=p["dsa"], dsa_strategy=p["dsa_strategy"], seed=p["expert_seed"])
 
-        # Initial images: random real images of each class (class-major, ipc per class).
-        C = dataset.num_classes
-        gen = torch.Generator().manual_seed(int(seed))
-        order, starts, _ = class_sorted_index(dataset.y_train.detach().cpu(), C, gen)
-        init_idx, labels = take_per_class(order, starts, torch.full((C,), ipc, dtype=torch.long))
-        x0 = dataset.prepare(dataset.x_train[init_idx.to(dataset.x_train.device)]).to(device, torch.float32)
-        images = x0.detach().clone().requires_grad_(True)
-        labels = labels.to(torch.int64)
-        meta: dict[str, Any] = {
-            "method": self.name, "dataset": dataset.name, "whitened": bool(dataset.whitened), "ipc": ipc,
-            "seed": int(seed), "params": p, "defaults_from": f"{family} ipc{row_ipc}", "zca_expected": zca_expected,
-            "init_indices": init_idx.tolist(), "device": str(device),
-        }
+        images, labels, init_idx = initial_images(dataset, ipc, seed, device)
+        extra: dict[str, Any] = {"defaults_from": f"{family} ipc{row_ipc}", "zca_expected": zca_expected,
+                                 "init_indices": init_idx.tolist()}
 
         tmp = None
         if workdir is None:  # no cache folder: the experts live only as long as this call
@@ -183,21 +173,23 @@ class TrajectoryMatching:
         try:
             try:
                 experts = ensure_experts(root, dataset, model_factory, spec, p["num_experts"], device,
-                                         progress=progress, should_stop=should_stop)
+                                         rows=p["max_start_epoch"] + p["expert_epochs"], progress=progress,
+                                         should_stop=should_stop)
             except Stopped:
-                meta.update(stopped=True, iterations_done=0, distill_s=timer.elapsed(), final_loss=None)
-                return SyntheticSet(images=x0.cpu(), labels=labels, lr=p["lr_teacher"], meta=meta)
-            meta["experts"] = experts.info
-            return self._match(images, labels, experts, model_factory, p, seed, device, timer, meta,
-                               progress, should_stop)
+                meta = distill_meta(self.name, dataset, ipc=ipc, seed=seed, params=p, distill_s=watch.elapsed(),
+                                    done=0, losses=None, device=device, stopped=True, **extra)
+                return SyntheticSet(images=images.cpu(), labels=labels, lr=p["lr_teacher"], meta=meta)
+            extra["experts"] = experts.info
+            return self._match(dataset, ipc, images.requires_grad_(True), labels, experts, model_factory, p, seed,
+                               device, watch, extra, progress, should_stop)
         finally:
             if tmp is not None:
                 tmp.cleanup()
 
-    def _match(self, images: Tensor, labels: Tensor, experts, model_factory, p: dict[str, Any], seed: int,
-               device: torch.device, timer: Timer, meta: dict[str, Any], progress: ProgressFn | None,
+    def _match(self, dataset, ipc: int, images: Tensor, labels: Tensor, experts, model_factory, p: dict[str, Any], seed: int,
+               device: torch.device, watch: Stopwatch, extra: dict[str, Any], progress: ProgressFn | None,
                should_stop: StopFn | None) -> SyntheticSet:
-        t_match = time.perf_counter()
+        match_watch = Stopwatch(device)
         net = model_factory().to(device)
         replace_all_batch_norm_modules_(net)  # batch statistics, no running-stat updates
         net.train()
@@ -208,77 +200,72 @@ class TrajectoryMatching:
         y = labels.to(device)
         n = images.shape[0]
         batch = n if p["batch_syn"] == 0 else min(p["batch_syn"], n)
-
-        augment = None
-        if p["dsa"]:
-            from dpcore.augment import DSA
-
-            augment = DSA(strategy=p["dsa_strategy"], batchwise=False)  # per sample, as MTT
+        augment = make_dsa(p["dsa"], p["dsa_strategy"], batchwise=False)  # per sample, as MTT
 
         syn_lr = torch.tensor(p["lr_teacher"], device=device, requires_grad=True)
         opt_img = torch.optim.SGD([images], lr=p["lr_img"], momentum=0.5)
         opt_lr = torch.optim.SGD([syn_lr], lr=p["lr_lr"], momentum=0.5)
-        gen = torch.Generator().manual_seed(derive_seed(seed, "mtt") & 0x7FFFFFFF)
-        total = p["iterations"]
-        losses = torch.zeros(total)
-        lrs = torch.zeros(total)
-        expert_order: list[int] = []
-        chunks: list[Tensor] = []
-        report_every = max(1, total // 200)
+        total, span = p["iterations"], p["expert_epochs"]
+
+        # The whole run's (expert, start epoch) pairs, drawn once: the experts in a fresh random order
+        # every `count` iterations, the start epochs uniform in [0, max_start_epoch).
+        gen = torch.Generator().manual_seed(derive_seed(seed, "mtt"))
+        rounds = -(-total // experts.count)
+        order = torch.cat([torch.randperm(experts.count, generator=gen) for _ in range(rounds)])[:total]
+        starts = torch.randint(p["max_start_epoch"], (total,), generator=gen)
+        schedule = list(zip(order.tolist(), starts.tolist()))
+        bank = experts.on(device)  # [count, max_start_epoch + expert_epochs, P]
+        batch_gen = device_generator(device, derive_seed(seed, "mtt-batches"))
+        perm, pos = None, n  # the current random order of the synthetic images, and the next position in it
+
+        losses = torch.zeros(total, device=device)
+        lrs = torch.zeros(total, device=device)
+        report_every = max(1, total // _PROGRESS_EVENTS)
         if progress is not None:
             progress(0, total, None)
 
         done, stopped = 0, False
-        for it in range(total):
+        for it, (expert, start) in enumerate(schedule):
             if should_stop is not None and should_stop():
                 stopped = True
                 break
-            if not expert_order:
-                expert_order = torch.randperm(experts.count, generator=gen).tolist()
-            traj = experts.trajectory(expert_order.pop())
-            start = int(torch.randint(p["max_start_epoch"], (1,), generator=gen))
-            theta0 = traj[start].to(device)
-            target = traj[start + p["expert_epochs"]].to(device)
+            theta0, target = bank[expert, start], bank[expert, start + span]
+            if bank.device.type != device.type:  # the bank did not fit on the device: copy the two snapshots
+                theta0, target = theta0.to(device, non_blocking=True), target.to(device, non_blocking=True)
 
             batches = []
-            for _ in range(p["syn_steps"]):
-                if not chunks:
-                    chunks = list(torch.randperm(n, generator=gen).split(batch))
-                batches.append((chunks.pop().to(device), int(torch.randint(2**31 - 1, (1,), generator=gen))))
+            for step in range(p["syn_steps"]):
+                if pos >= n:
+                    perm, pos = torch.randperm(n, generator=batch_gen, device=device), 0
+                batches.append((perm[pos: pos + batch], derive_seed(seed, "mtt-aug", it, step)))
+                pos += batch
             end = unroll(net, flat, buffers, theta0, images, y, syn_lr, batches, augment)
             loss = matching_loss(end, theta0, target)
 
             opt_img.zero_grad(set_to_none=True)
             opt_lr.zero_grad(set_to_none=True)
             loss.backward()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise DataError(f"synthetic method 'mtt': the matching loss became {value} at iteration {it + 1}; "
-                                f"lower lr_img (now {p['lr_img']:g}) or lr_lr (now {p['lr_lr']:g})")
             opt_img.step()
             opt_lr.step()
             with torch.no_grad():
                 syn_lr.clamp_(min=_MIN_LR)
-            losses[it], lrs[it] = value, float(syn_lr.detach())
+            losses[it] = loss.detach()
+            lrs[it] = syn_lr.detach()
             done = it + 1
-            if progress is not None and (done % report_every == 0 or done == total):
-                progress(done, total, value)
+            if done % report_every == 0 or done == total:  # the only host reads: ~200 per run
+                value = float(losses[it])
+                if not math.isfinite(value):
+                    raise DataError(f"synthetic method 'mtt': the matching loss became {value} by iteration {done}; "
+                                    f"lower lr_img (now {p['lr_img']:g}) or lr_lr (now {p['lr_lr']:g})")
+                if progress is not None:
+                    progress(done, total, value)
 
-        matching_s = time.perf_counter() - t_match
-        stride = max(1, math.ceil(done / _MAX_CURVE_POINTS))
-        keep = list(range(0, done, stride)) + ([done - 1] if done and (done - 1) % stride else [])
-        meta.update(
-            iterations_done=done,
-            final_loss=float(losses[done - 1]) if done else None,
-            loss_curve=[[i + 1, float(losses[i])] for i in keep],
-            lr_curve=[[i + 1, float(lrs[i])] for i in keep],
-            matching_s=matching_s,
-            # The set's full cost: matching now plus the experts' training (whenever it ran).
-            distill_s=matching_s + float(experts.info["train_s"]),
-            wall_s=timer.elapsed(),
-        )
-        if stopped:
-            meta["stopped"] = True
+        matching_s = match_watch.elapsed()
+        # The set's full cost: matching now plus the experts' training (whenever it ran).
+        meta = distill_meta(self.name, dataset, ipc=ipc, seed=seed, params=p,
+                            distill_s=matching_s + float(experts.info["train_s"]), done=done, losses=losses,
+                            device=device, stopped=stopped, **extra)
+        meta.update(lr_curve=curve(lrs, done), matching_s=matching_s, wall_s=watch.elapsed())
         lr = max(float(syn_lr.detach()), _MIN_LR)
         return SyntheticSet(images=images.detach().cpu().clone(), labels=labels, lr=lr, meta=meta)
 

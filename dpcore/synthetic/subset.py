@@ -7,16 +7,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dpcore.synthetic.base import (
-    ProgressFn,
-    StopFn,
-    SyntheticSet,
-    Timer,
-    check_ipc,
-    class_sorted_index,
-    resolve_params,
-    take_per_class,
-)
+from dpcore.synthetic.distiller import ProgressFn, StopFn
+from dpcore.synthetic.meta import distill_meta
+from dpcore.synthetic.params import check_ipc, resolve_params
+from dpcore.synthetic.sampling import initial_images
+from dpcore.synthetic.set import SyntheticSet
+from dpcore.training import Stopwatch
 
 
 class RandomSubset:
@@ -37,28 +33,13 @@ class RandomSubset:
     ) -> SyntheticSet:
         p = resolve_params(self.name, self.defaults, params)
         check_ipc(dataset, ipc, self.name)
-        timer = Timer(torch.device(device))
-        C = dataset.num_classes
-        gen = torch.Generator().manual_seed(int(seed))
-        order, starts, _ = class_sorted_index(dataset.y_train.detach().cpu(), C, gen)
-        idx, labels = take_per_class(order, starts, torch.full((C,), ipc, dtype=torch.long))
-        x = dataset.x_train[idx.to(dataset.x_train.device)]
-        images = dataset.prepare(x).to(torch.float32).detach().cpu().clone()
+        watch = Stopwatch(torch.device(device))
+        images, labels, idx = initial_images(dataset, ipc, seed, "cpu")  # the other methods' starting images
         if progress is not None:
             progress(1, 1, None)
-        meta = {
-            "method": self.name,
-            "dataset": dataset.name,
-            "whitened": bool(dataset.whitened),
-            "ipc": ipc,
-            "seed": int(seed),
-            "params": p,
-            "distill_s": timer.elapsed(),
-            "iterations_done": 1,
-            "final_loss": None,
-            "indices": idx.tolist(),
-        }
-        return SyntheticSet(images=images, labels=labels.to(torch.int64), lr=None, meta=meta)
+        meta = distill_meta(self.name, dataset, ipc=ipc, seed=seed, params=p, distill_s=watch.elapsed(), done=1,
+                            losses=None, device="cpu", indices=idx.tolist())
+        return SyntheticSet(images=images, labels=labels, lr=None, meta=meta)
 
 
 DISTILLER = RandomSubset()

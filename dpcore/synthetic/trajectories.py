@@ -6,7 +6,8 @@ are recorded at initialisation and after every epoch: a float32 [epochs + 1, P] 
 
 Experts live on disk in ``<root>/<key>/expert_NNN.pt`` (one file per expert, each written
 atomically, so a killed run keeps the finished ones) and are reused by every distillation with the
-same key: a hash of the data (name, whitening, shape and a digest of the labels and a sample of the
+same key (each file is read once per distillation, into one in-memory bank of the snapshots it can
+use): a hash of the data (name, whitening, shape and a digest of the labels and a sample of the
 images), the architecture (its module tree and parameter shapes) and the expert hyperparameters.
 The number of experts is not part of the key: asking for more trains only the missing ones.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,11 +28,12 @@ from torch import Tensor, nn
 from dpcore.errors import DataError
 from dpcore.safe_load import safe_torch_load
 from dpcore.store import atomic_torch_save, atomic_write_text
-from dpcore.synthetic.base import ProgressFn, StopFn
+from dpcore.synthetic.distiller import ProgressFn, StopFn
+from dpcore.synthetic.dsa import train_augment
+from dpcore.synthetic.rng import seeded_model
 from dpcore.training import Schedule, derive_seed, evaluate, train
 
 FORMAT = 1
-_MAX_CACHED_BYTES = 1 << 30  # trajectories kept in memory at once
 
 
 @dataclass(frozen=True)
@@ -127,11 +128,8 @@ def train_expert(dataset, model_factory: Callable[[], nn.Module], spec: ExpertSp
                  device: torch.device, *, on_epoch: Callable[[int], None] | None = None,
                  should_stop: StopFn | None = None) -> dict[str, Any]:
     """Train expert ``index`` (init and data order seeded by ``spec.seed`` and ``index``)."""
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices):
-        torch.manual_seed(derive_seed(spec.seed, "expert-init", index))
-        model = model_factory()
-    model = model.to(device)
+    # Drawn on the CPU then moved: an expert's initial weights do not depend on the device.
+    model = seeded_model(model_factory, derive_seed(spec.seed, "expert-init", index), device, build_on_host=True)
     flat = FlatParams(model)
     snapshots = [flat.flatten(model).cpu()]
 
@@ -140,12 +138,7 @@ def train_expert(dataset, model_factory: Callable[[], nn.Module], spec: ExpertSp
         if on_epoch is not None:
             on_epoch(epoch)
 
-    augment = None
-    if spec.dsa:
-        from dpcore.augment import DSA
-
-        dsa = DSA(strategy=spec.dsa_strategy, batchwise=False)
-        augment = lambda xb, gen: dsa(xb, seed=int(torch.randint(2**31 - 1, (1,), generator=gen)))  # noqa: E731
+    augment = train_augment(spec.dsa, spec.dsa_strategy, derive_seed(spec.seed, "expert-dsa", index))
     schedule = Schedule(optimizer="sgd", lr=spec.lr, epochs=spec.epochs, batch_size=spec.batch_size,
                         momentum=0.0, weight_decay=0.0)
     out = train(model, dataset.x_train, dataset.y_train, schedule=schedule,
@@ -157,37 +150,41 @@ def train_expert(dataset, model_factory: Callable[[], nn.Module], spec: ExpertSp
 
 
 class ExpertBuffer:
-    """The experts of one key on disk, read lazily (a bounded number kept in memory)."""
+    """The experts of one key: the first ``rows`` snapshots (initialisation, epoch 1, ...) of each of
+    ``count`` experts, read once into one float32 [count, rows, P] tensor (``bank``, CPU)."""
 
-    def __init__(self, folder: Path, count: int, flat: FlatParams, epochs: int, info: dict[str, Any]) -> None:
-        self.folder, self.count, self.flat, self.epochs, self.info = folder, count, flat, epochs, info
-        self._cache: OrderedDict[int, Tensor] = OrderedDict()
-        self._keep = max(1, _MAX_CACHED_BYTES // max(1, 4 * flat.numel * (epochs + 1)))
+    def __init__(self, folder: Path, count: int, flat: FlatParams, epochs: int, rows: int,
+                 info: dict[str, Any]) -> None:
+        if not 1 <= rows <= epochs + 1:
+            raise ValueError(f"rows must be in [1, {epochs + 1}], got {rows}")
+        self.folder, self.count, self.flat, self.epochs, self.rows, self.info = folder, count, flat, epochs, rows, info
+        self.bank = torch.empty(count, rows, flat.numel)
+
+    def put(self, index: int, trajectory: Tensor) -> None:
+        """Keep the first ``rows`` snapshots of expert ``index``'s [epochs + 1, P] trajectory."""
+        self.bank[index].copy_(trajectory[: self.rows])
 
     def trajectory(self, index: int) -> Tensor:
-        """float32 [epochs + 1, P] on the CPU."""
-        if index in self._cache:
-            self._cache.move_to_end(index)
-            return self._cache[index]
-        obj = _read_expert(_expert_file(self.folder, index), self.flat, self.epochs)
-        if obj is None:
-            raise DataError(f"{_expert_file(self.folder, index)}: expert trajectory missing or unreadable; "
-                            f"delete {self.folder} to train the experts again")
-        self.keep(index, obj["trajectory"])
-        return obj["trajectory"]
+        """Expert ``index``'s first ``rows`` snapshots: float32 [rows, P] on the CPU (a view of the bank)."""
+        return self.bank[index]
 
-    def keep(self, index: int, trajectory: Tensor) -> None:
-        """Remember a trajectory in memory, dropping the least recently used beyond the bound."""
-        self._cache[index] = trajectory
-        self._cache.move_to_end(index)
-        while len(self._cache) > self._keep:
-            self._cache.popitem(last=False)
+    def on(self, device: torch.device | str, max_fraction: float = 0.5) -> Tensor:
+        """The bank on ``device`` when it takes at most ``max_fraction`` of the device's free memory (a
+        CUDA device), else the CPU bank (then the caller copies the snapshots it uses)."""
+        device = torch.device(device)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if self.bank.numel() * self.bank.element_size() <= max_fraction * free:
+                return self.bank.to(device)
+            return self.bank
+        return self.bank.to(device)
 
 
 def ensure_experts(root: Path, dataset, model_factory: Callable[[], nn.Module], spec: ExpertSpec, count: int,
-                   device: torch.device | str, *, progress: ProgressFn | None = None,
+                   device: torch.device | str, *, rows: int | None = None, progress: ProgressFn | None = None,
                    should_stop: StopFn | None = None) -> ExpertBuffer:
-    """The first ``count`` experts of this key under ``root``, training (and saving) the missing ones.
+    """The first ``count`` experts of this key under ``root``, training (and saving) the missing ones;
+    every expert's first ``rows`` snapshots (default: all ``spec.epochs + 1``) are kept in the bank.
 
     Raises :class:`dpcore.training.Stopped` when ``should_stop`` fires; finished experts stay saved.
     """
@@ -200,7 +197,7 @@ def ensure_experts(root: Path, dataset, model_factory: Callable[[], nn.Module], 
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "spec.json").is_file():
         atomic_write_text(folder / "spec.json", json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    buffer = ExpertBuffer(folder, count, flat, spec.epochs, {})
+    buffer = ExpertBuffer(folder, count, flat, spec.epochs, spec.epochs + 1 if rows is None else rows, {})
     stats: dict[int, tuple[float, float]] = {}  # index -> (train_s, test_acc)
     missing = []
     for i in range(count):
@@ -209,7 +206,7 @@ def ensure_experts(root: Path, dataset, model_factory: Callable[[], nn.Module], 
             missing.append(i)
         else:
             stats[i] = (float(obj["train_s"]), float(obj["test_acc"]))
-            buffer.keep(i, obj["trajectory"])
+            buffer.put(i, obj["trajectory"])
     total = len(missing) * spec.epochs
     done = 0
     if progress is not None and missing:
@@ -224,7 +221,7 @@ def ensure_experts(root: Path, dataset, model_factory: Callable[[], nn.Module], 
         obj = train_expert(data, model_factory, spec, i, device, on_epoch=on_epoch, should_stop=should_stop)
         atomic_torch_save(_expert_file(folder, i), obj)
         stats[i] = (obj["train_s"], obj["test_acc"])
-        buffer.keep(i, obj["trajectory"])
+        buffer.put(i, obj["trajectory"])
         done += spec.epochs
     buffer.info = {
         "key": key, "folder": str(folder), "count": count, "trained_now": len(missing),
