@@ -90,7 +90,8 @@ class ExperimentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = spec("mnist-embedded", kind=str, help="mnist-embedded, mnist, fashion-mnist, cifar10, cifar100, imagefolder, npz")
+    dataset: str = spec("mnist-embedded", kind=str,
+                        help="mnist-embedded, mnist, fashion-mnist, cifar10, cifar100, imagefolder, npz")
     root: str = spec("", kind=str, help="data root (overridden by --data-root); '' means ./data")
     path: str = spec("", kind=str, help="file or folder for imagefolder / npz datasets")
     zca: bool = spec(False, kind=bool, help="ZCA-whiten images as MTT does (kornia eps 0.1)")
@@ -146,7 +147,8 @@ class PruneConfig:
                          help="imp, distilled, random; snip, grasp, synflow (pruning at initialisation)")
     rounds: int = spec(10, kind=int, check=at_least(1))
     fraction: float = spec(0.2, kind=float, check=open_unit)
-    output_fraction: float = spec(-1.0, kind=float, check=lambda x: None if x == -1 or 0 <= x < 1 else "must be in [0, 1), or -1 for the same as fraction")
+    output_fraction: float = spec(-1.0, kind=float, check=lambda x: None if x == -1 or 0 <= x < 1
+                                  else "must be in [0, 1), or -1 for the same as fraction")
     scope: str = spec("global", kind=str, check=one_of("global", "layer"))
     rewind: int = spec(0, kind=int, check=at_least(0), help="rewind point k (0 = initialisation)")
     rewind_unit: str = spec("epoch", kind=str, check=one_of("epoch", "step"))
@@ -310,7 +312,8 @@ def _check_cross(cfg: Config, where: str) -> None:
     if cfg.analysis.instability_rewinds and cfg.prune.rewind_unit == "epoch":
         late = [k for k in cfg.analysis.instability_rewinds if k >= cfg.train.epochs]
         if late:
-            raise ConfigError(f"{where}: 'analysis.instability_rewinds' has {late[0]} epochs but train.epochs = {cfg.train.epochs}")
+            raise ConfigError(f"{where}: 'analysis.instability_rewinds' has {late[0]} epochs "
+                              f"but train.epochs = {cfg.train.epochs}")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from .safe_load import safe_torch_load
 from .synthetic.provider import source_key, source_label, synthetic_cache_dir, synthetic_set
 from .training import (FastPath, Schedule, Stopped, Stopwatch, derive_seed, evaluate, restore, snapshot,
                        steps_per_epoch, train)
-from .validate import Checked, check_experiment, load_data, resolve_device  # noqa: F401  (load_data: engine API)
+from .validate import Checked, check_experiment
 
 ENGINE_VERSION = 2  # bump when a change alters results, so old runs are not resumed into new ones
 StopFlag = Callable[[], bool]
@@ -337,7 +337,8 @@ class Run:
     def new_results(self, rows: list[dict]) -> dict:
         return {
             "schema": 1, "run_id": self.plan.run_id, "experiment": self.cfg.experiment.name,
-            "method": self.method, **({"variant": self.plan.variant} if self.plan.variant else {}), "seed": self.seed, "dataset": self.ds.name, "model": self.cfg.model.name,
+            "method": self.method, **({"variant": self.plan.variant} if self.plan.variant else {}),
+            "seed": self.seed, "dataset": self.ds.name, "model": self.cfg.model.name,
             "device": str(self.device), "threads": torch.get_num_threads(), "status": "running", "error": None,
             "rounds_planned": self.cfg.prune.rounds, "fraction": self.cfg.prune.fraction,
             "rewind": {"k": self.cfg.prune.rewind, "unit": self.cfg.prune.rewind_unit, "step": self.rewind_step},

@@ -47,7 +47,8 @@ def find_profile(name_or_path: str) -> Path:
         return path
     found = list_profiles()
     if name_or_path not in found:
-        raise ConfigError(f"no profile named '{name_or_path}'; available: {', '.join(found) or 'none'} (or pass a path to a .toml file)")
+        raise ConfigError(f"no profile named '{name_or_path}'; available: {', '.join(found) or 'none'} "
+                          "(or pass a path to a .toml file)")
     return found[name_or_path]
 
 

@@ -27,11 +27,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 @app.callback(invoke_without_command=True)
 def main_command(ctx: typer.Context,
-                 headless: bool = typer.Option(False, "--headless", help="run the profile as a batch job, print and export tables"),
+                 headless: bool = typer.Option(False, "--headless",
+                                               help="run the profile as a batch job, print and export tables"),
                  profile: str = ProfileOpt, overrides: Optional[list[str]] = SetOpt,
                  runs_dir: Optional[Path] = RunsOpt, data_root: Optional[str] = DataOpt,
                  out: Optional[Path] = typer.Option(None, "--out", help="folder for the exported tables (headless)"),
-                 run_ids: Optional[list[str]] = typer.Option(None, "--run-id", help="run only these runs of the experiment (repeatable; see `dptui runs`)")) -> None:
+                 run_ids: Optional[list[str]] = typer.Option(
+                     None, "--run-id", help="run only these runs of the experiment (repeatable; see `dptui runs`)")) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from dpcore.profiles import load_profile

@@ -146,24 +146,33 @@ def sources_table(results: list[dict[str, Any]]):
     if evaluated:
         r = next(r for r in results if "test_acc" in r)
         table.notes.append(f"test acc = {r['model']} trained on each set ({r['epochs']} epochs, SGD, DSA="
-                           f"{'on' if r['dsa'] else 'off'}; train lr = the set's learned lr if it has one), tested on the real test "
-                           "split; mean±std over seeds")
+                           f"{'on' if r['dsa'] else 'off'}; train lr = the set's learned lr if it has one), "
+                           "tested on the real test split; mean±std over seeds")
     table.notes.append("distill s = time-to-distill when the set was made (a cached set was made by an earlier run)")
     return table
 
 
 def register(app: typer.Typer) -> None:
     @app.command("distill")
-    def distill_command(profile: str = ProfileOpt,
-                        method: Optional[str] = typer.Option(None, "--method", "-m", help="distiller (dm, mtt, gm, random-subset, el2n); replaces the profile's synthetic source"),
-                        ipc: Optional[int] = typer.Option(None, "--ipc", min=1, help="images per class"),
-                        variant: Optional[str] = typer.Option(None, "--variant", help="one of the profile's synthetic.variants, by label (e.g. 'dm ipc10'), or 'all'"),
-                        overrides: Optional[list[str]] = SetOpt, runs_dir: Optional[Path] = RunsOpt,
-                        data_root: Optional[str] = DataOpt,
-                        out: Optional[Path] = typer.Option(None, "--out", help="write the set here in MTT's layout (+ lr_best.pt, meta.json)"),
-                        evaluate: bool = typer.Option(False, "--evaluate", help="train the profile's model on the set (DSA) and test it on the real test split"),
-                        as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
-                        compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the training step for --evaluate (default: run.compile, whose 'auto' compiles ConvNets trained on a CPU)")) -> None:
+    def distill_command(
+            profile: str = ProfileOpt,
+            method: Optional[str] = typer.Option(
+                None, "--method", "-m",
+                help="distiller (dm, mtt, gm, random-subset, el2n); replaces the profile's synthetic source"),
+            ipc: Optional[int] = typer.Option(None, "--ipc", min=1, help="images per class"),
+            variant: Optional[str] = typer.Option(
+                None, "--variant", help="one of the profile's synthetic.variants, by label (e.g. 'dm ipc10'), or 'all'"),
+            overrides: Optional[list[str]] = SetOpt, runs_dir: Optional[Path] = RunsOpt,
+            data_root: Optional[str] = DataOpt,
+            out: Optional[Path] = typer.Option(
+                None, "--out", help="write the set here in MTT's layout (+ lr_best.pt, meta.json)"),
+            evaluate: bool = typer.Option(
+                False, "--evaluate", help="train the profile's model on the set (DSA) and test it on the real test split"),
+            as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+            compile: Optional[bool] = typer.Option(
+                None, "--compile/--no-compile",
+                help="torch.compile the training step for --evaluate (default: run.compile, whose 'auto' compiles "
+                     "ConvNets trained on a CPU)")) -> None:
         """Make (or reuse) the profile's synthetic set; with --evaluate, measure how well a model trains on it.
         With --variant all, every synthetic source of a comparison profile, summed up in one table."""
         labels: list[Optional[str]] = [variant]

@@ -103,11 +103,14 @@ def report_command(run_dirs: list[Path] = typer.Argument(..., help="run director
 # -- analyze -----------------------------------------------------------------------------------------
 
 def analyze_command(run_dir: Path = typer.Argument(..., help="the run's directory (<runs>/<run id>)"),
-                    rounds: str = typer.Option("", "--rounds", help="rounds whose masks get the instability analysis, e.g. 3,5 (0 = dense)"),
+                    rounds: str = typer.Option("", "--rounds",
+                                               help="rounds whose masks get the instability analysis, e.g. 3,5 (0 = dense)"),
                     alphas: int = typer.Option(11, "--alphas", help="interpolation points from 0 to 1"),
                     rewinds: str = typer.Option("", "--rewinds", help="rewind points k, e.g. 0,1 (default: the run's own)"),
-                    bn_recompute: bool = typer.Option(False, "--bn-recompute", help="recompute BatchNorm statistics at each alpha"),
-                    histograms: str = typer.Option("", "--histograms", help="rounds whose surviving initial weights are histogrammed"),
+                    bn_recompute: bool = typer.Option(False, "--bn-recompute",
+                                                      help="recompute BatchNorm statistics at each alpha"),
+                    histograms: str = typer.Option("", "--histograms",
+                                                   help="rounds whose surviving initial weights are histogrammed"),
                     figures: bool = typer.Option(True, "--figures/--no-figures", help="(re)write <run>/figures"),
                     data_root: Optional[str] = typer.Option(None, "--data-root", help="folder holding the datasets"),
                     device: Optional[str] = typer.Option(None, "--device", help="override the run's device (cpu, cuda)")) -> None:
@@ -115,7 +118,8 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
     from dataclasses import replace
 
     from dpcore.config import config_from_dict, to_dict
-    from dpcore.engine import Run, apply_threads, load_data, plan_runs, resolve_device
+    from dpcore.engine import Run, apply_threads, plan_runs
+    from dpcore.validate import load_data, resolve_device
     from dpcore.events import AnalysisDone, fan_out
     from dpcore.run_config import load_run_config
     from dpcore.summary import instability_table

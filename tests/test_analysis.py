@@ -13,7 +13,8 @@ from conftest import TINY_PROFILE, make_npz
 from dpcore.analysis.instability import Hooks, instability_analysis, interpolate, recompute_bn
 from dpcore.analysis.weights import jaccard, random_jaccard, weight_histograms
 from dpcore.config import Config
-from dpcore.engine import Run, load_data, plan_runs, run_experiment, run_identity
+from dpcore.engine import Run, plan_runs, run_experiment, run_identity
+from dpcore.validate import load_data
 from dpcore.errors import ConfigError
 from dpcore.events import AnalysisDone, RoundStarted, StageStarted
 from dpcore.masks import full_mask, magnitude_prune

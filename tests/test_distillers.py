@@ -343,7 +343,8 @@ def test_distill_bad_synthetic_file_is_one_line_exit_2(tmp_path, tiny_profile, k
 def test_train_on_synthetic_matches_the_engine_recipe(tmp_path, tiny_profile):
     """The shared function trains exactly as ``Run.train_synthetic`` does (so the engine can call it)."""
     from dpcore.config import to_dict
-    from dpcore.engine import Run, load_data, plan_runs
+    from dpcore.engine import Run, plan_runs
+    from dpcore.validate import load_data
     from dpcore.masks import full_mask
     from dpcore.profiles import load_profile
     from dpcore.synthetic.evaluate import train_on_synthetic

@@ -164,7 +164,8 @@ def get_or_distill(
             try:
                 syn = load_synthetic(entry, dataset)
             except DataError as exc:
-                warnings.warn(DataWarning(f"{entry}: cached synthetic set is unreadable ({exc}); distilling it again"), stacklevel=2)
+                warnings.warn(DataWarning(f"{entry}: cached synthetic set is unreadable ({exc}); distilling it again"),
+                              stacklevel=2)
                 _discard(entry)
             else:
                 syn.meta["key"] = key

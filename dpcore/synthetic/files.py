@@ -127,7 +127,8 @@ def _load_pt_file(p: Path, dataset) -> SyntheticSet:
     missing = [k for k in ("images", "labels") if k not in obj]
     if missing:
         keys = ", ".join(sorted(map(str, obj))) or "none"
-        raise _fail(p, f"has no {' or '.join(repr(k) for k in missing)} entry (keys: {keys})", "save a dict with 'images' and 'labels'")
+        raise _fail(p, f"has no {' or '.join(repr(k) for k in missing)} entry (keys: {keys})",
+                    "save a dict with 'images' and 'labels'")
     lr = _check_lr(obj["lr"], p) if obj.get("lr") is not None else None
     imgs, labs = _validate(obj["images"], obj["labels"], dataset, p, p)
     return SyntheticSet(images=imgs, labels=labs, lr=lr, meta={"method": "file", "loaded_from": str(p)})
@@ -143,7 +144,8 @@ def _load_npz(p: Path, dataset) -> SyntheticSet:
     missing = [k for k in ("images", "labels") if k not in arrays]
     if missing:
         keys = ", ".join(sorted(arrays)) or "none"
-        raise _fail(p, f"has no {' or '.join(repr(k) for k in missing)} array (arrays: {keys})", "save it with numpy.savez(path, images=..., labels=...)")
+        raise _fail(p, f"has no {' or '.join(repr(k) for k in missing)} array (arrays: {keys})",
+                    "save it with numpy.savez(path, images=..., labels=...)")
     lr = _check_lr(torch.from_numpy(np.asarray(arrays["lr"])), p) if "lr" in arrays else None
     try:
         images = torch.from_numpy(np.ascontiguousarray(arrays["images"]))
@@ -157,7 +159,8 @@ def _load_npz(p: Path, dataset) -> SyntheticSet:
 def _check_lr(value: object, src: Path) -> float:
     if isinstance(value, Tensor):
         if value.numel() != 1 or value.dtype.is_complex:
-            raise _fail(src, f"learning rate has shape {tuple(value.shape)} ({value.dtype})", "save the learned lr as a scalar float tensor")
+            raise _fail(src, f"learning rate has shape {tuple(value.shape)} ({value.dtype})",
+                        "save the learned lr as a scalar float tensor")
         lr = float(value.reshape(()))
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         lr = float(value)
@@ -171,9 +174,11 @@ def _check_lr(value: object, src: Path) -> float:
 def _validate(images: object, labels: object, dataset, img_src: Path, lab_src: Path) -> tuple[Tensor, Tensor]:
     """Check a loaded set against ``dataset``; return (float32 images, int64 labels) on the CPU."""
     if not isinstance(images, Tensor):
-        raise _fail(img_src, f"images are a {type(images).__name__}, expected a float tensor [N, C, H, W]", "save the images with torch.save(tensor)")
+        raise _fail(img_src, f"images are a {type(images).__name__}, expected a float tensor [N, C, H, W]",
+                    "save the images with torch.save(tensor)")
     if images.dim() != 4:
-        raise _fail(img_src, f"images have shape {tuple(images.shape)}, expected 4-D [N, C, H, W]", "save the image batch with a channel dimension")
+        raise _fail(img_src, f"images have shape {tuple(images.shape)}, expected 4-D [N, C, H, W]",
+                    "save the image batch with a channel dimension")
     n = int(images.shape[0])
     if n == 0:
         raise _fail(img_src, "holds no images", "point to a non-empty synthetic set")
@@ -188,11 +193,14 @@ def _validate(images: object, labels: object, dataset, img_src: Path, lab_src: P
             f"use a set distilled from {dataset.name} or select the dataset this set was made for",
         )
     if not isinstance(labels, Tensor):
-        raise _fail(lab_src, f"labels are a {type(labels).__name__}, expected an integer tensor [N]", "save the labels with torch.save(tensor)")
+        raise _fail(lab_src, f"labels are a {type(labels).__name__}, expected an integer tensor [N]",
+                    "save the labels with torch.save(tensor)")
     if labels.dim() != 1:
-        raise _fail(lab_src, f"labels have shape {tuple(labels.shape)}, expected 1-D [N] class ids", "soft or one-hot labels are not supported; save integer class ids")
+        raise _fail(lab_src, f"labels have shape {tuple(labels.shape)}, expected 1-D [N] class ids",
+                    "soft or one-hot labels are not supported; save integer class ids")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise _fail(lab_src, f"labels are {str(labels.dtype).replace('torch.', '')}, not integer class ids", "save them as an int64 tensor (soft labels are not supported)")
+        raise _fail(lab_src, f"labels are {str(labels.dtype).replace('torch.', '')}, not integer class ids",
+                    "save them as an int64 tensor (soft labels are not supported)")
     if int(labels.shape[0]) != n:
         raise _fail(lab_src, f"{int(labels.shape[0])} labels for {n} images", "the images and labels must come from the same run")
     labels = labels.to(torch.int64).cpu()
@@ -200,13 +208,15 @@ def _validate(images: object, labels: object, dataset, img_src: Path, lab_src: P
     if lo < 0 or hi >= dataset.num_classes:
         raise _fail(
             lab_src,
-            f"labels range {lo}..{hi} but dataset {dataset.name} has {dataset.num_classes} classes (0..{dataset.num_classes - 1})",
+            f"labels range {lo}..{hi} but dataset {dataset.name} has {dataset.num_classes} classes "
+            f"(0..{dataset.num_classes - 1})",
             f"use a set distilled from {dataset.name} or select the dataset this set was made for",
         )
     images = images.detach().to("cpu", torch.float32).contiguous()
     bad = int((~torch.isfinite(images)).sum())
     if bad:
-        raise _fail(img_src, f"images contain {bad} non-finite value(s) (NaN/inf)", "the distillation diverged: use an earlier checkpoint or distil again with a lower lr")
+        raise _fail(img_src, f"images contain {bad} non-finite value(s) (NaN/inf)",
+                    "the distillation diverged: use an earlier checkpoint or distil again with a lower lr")
     mn, mx = float(images.min()), float(images.max())
     amax = max(abs(mn), abs(mx))
     space = "ZCA-whitened model input (as the dataset is loaded)" if dataset.whitened else "normalised model input"
