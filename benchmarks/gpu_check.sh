@@ -26,7 +26,9 @@ mkdir -p benchmarks/results "$out"
 echo "== 1. tests marked cuda"
 timeout 120 "$py" -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider 2>&1 | tee "$work/tests.txt"
 echo "== 2. benchmarks/speed.py --json"
-timeout 200 "$py" benchmarks/speed.py --json > "$work/speed.json" 2> "$work/speed.err"; echo "rc $?"; tail -3 "$work/speed.err"
+quick=(); [ "$gpu" = cpu ] && quick=(--quick)  # the full pass takes ~5 min on 2 CPU cores
+timeout 200 "$py" benchmarks/speed.py --json "${quick[@]}" > "$work/speed.json" 2> "$work/speed.err"; echo "rc $?"
+tail -3 "$work/speed.err"
 echo "== 3. one round of cifar10-alexnet, IMP vs distilled, on the carried subset"
 small=()  # on a CPU (how this script is tested) the same pipeline, shrunk to a smoke test
 [ "$gpu" = cpu ] && small=(--set train.epochs=2 --set synthetic.epochs=3 --set data.subset=20)
@@ -44,13 +46,15 @@ lines += ["## Tests marked cuda", "", "```", *(tests[-3:] or ["(none ran)"]), "`
 try:
     speed = json.loads((work / "speed.json").read_text())
     lines += ["## benchmarks/speed.py", "", f"device {speed.get('device')}, threads {speed.get('threads')}", "",
-              "| workload | engine img/s | seed-style img/s | ratio |", "|---|---:|---:|---:|"]
+              "| workload | setting | engine | seed-style | ratio |", "|---|---|---:|---:|---:|"]
     for name, w in speed.get("workloads", {}).items():
-        fmt = lambda v: f"{v:,.0f}" if isinstance(v, (int, float)) else (v or "")
-        ratio = w.get("ratio")
-        lines.append(f"| {name} | {fmt(w.get('engine_img_s'))} | {fmt(w.get('seedstyle_img_s'))} | "
-                     f"{ratio:.2f}x |" if isinstance(ratio, (int, float)) else
-                     f"| {name} | {fmt(w.get('engine_img_s') or w.get('steps_s') or w.get('it_s'))} | | |")
+        unit = w.get("unit", "")
+        for setting, v in (w.get("settings") or {}).items():
+            rate, ratio = v.get("rate"), v.get("ratio")
+            head = " *" if setting == w.get("engine_setting") else ""
+            seed = w.get("seedstyle_steps_s") if w.get("kind") == "inner" else w.get("seedstyle_img_s")
+            lines.append(f"| {name} | {setting}{head} | {rate:,.1f} {unit} | "
+                         f"{'' if seed is None else f'{seed:,.1f}'} | {'' if ratio is None else f'{ratio:.2f}x'} |")
     lines.append("")
 except (OSError, ValueError) as err:
     lines += ["## benchmarks/speed.py", "", f"no result ({err}); see speed.err", ""]
