@@ -6,7 +6,8 @@
 #      on the carried CIFAR-10 subset (1,000 images per class),
 # and writes benchmarks/results/<gpu>-<date>.md (also copied to $OUT when set).
 # Before: bash benchmarks/make_carry.sh (here, with ../shared beside the checkout); carry benchmarks/carry.
-# It also runs on a CPU box (no cuda tests, a CPU benchmark), which is how it is tested.
+# It also runs on a CPU box (no cuda tests, speed.py --quick, the AlexNet round shrunk to a smoke test), which is how
+# it is tested: PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
