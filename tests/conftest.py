@@ -56,6 +56,19 @@ device = "cpu"
 """
 
 
+def template_dataset(classes: int, per_class: int, shape: tuple[int, int, int]):
+    """An in-memory :class:`~dpcore.data.dataset.Dataset` of class templates plus noise (uint8, shuffled)."""
+    from dpcore.data.dataset import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(classes).repeat_interleave(per_class)
+    proto = torch.randint(0, 256, (classes, *shape), generator=g).float()
+    x = (0.6 * proto[y] + 0.4 * torch.randint(0, 256, (len(y), *shape), generator=g).float()).to(torch.uint8)
+    perm = torch.randperm(len(y), generator=g)
+    x, y = x[perm], y[perm]
+    return Dataset("tiny", x, y, x[:40], y[:40], classes, (0.5,), (0.25,))
+
+
 @pytest.fixture
 def tiny_npz(tmp_path: Path) -> Path:
     return make_npz(tmp_path / "tiny.npz")

@@ -13,6 +13,7 @@ from dpcore.synthetic.dsa import SeededDSA, make_dsa
 from dpcore.synthetic.meta import curve, distill_meta
 from dpcore.synthetic.sampling import ClassSampler, RealImages, initial_images
 from dpcore.training import device_generator
+from conftest import template_dataset
 
 C, PER_CLASS, SHAPE = 4, 30, (1, 8, 8)
 
@@ -21,12 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def ds() -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(C).repeat_interleave(PER_CLASS)
-    proto = torch.randint(0, 256, (C, *SHAPE), generator=g).float()
-    x = (0.6 * proto[y] + 0.4 * torch.randint(0, 256, (len(y), *SHAPE), generator=g).float()).to(torch.uint8)
-    perm = torch.randperm(len(y), generator=g)
-    return Dataset("tiny", x[perm], y[perm], x[:40], y[:40], C, (0.5,), (0.25,))
+    return template_dataset(C, PER_CLASS, SHAPE)
 
 
 def lenet(in_shape=SHAPE):

@@ -14,6 +14,7 @@ from dpcore.data.dataset import Dataset
 from dpcore.models import build_model
 from dpcore.synthetic import DISTILLERS
 from sync_guard import per_step_syncs, record_syncs
+from conftest import template_dataset
 
 C, PER_CLASS, SHAPE = 4, 100, (1, 8, 8)
 N = 200  # iterations (>= the 200 progress events: see the module docstring)
@@ -23,12 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def ds() -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(C).repeat_interleave(PER_CLASS)
-    proto = torch.randint(0, 256, (C, *SHAPE), generator=g).float()
-    x = (0.6 * proto[y] + 0.4 * torch.randint(0, 256, (len(y), *SHAPE), generator=g).float()).to(torch.uint8)
-    perm = torch.randperm(len(y), generator=g)
-    return Dataset("tiny", x[perm], y[perm], x[:40], y[:40], C, (0.5,), (0.25,))
+    return template_dataset(C, PER_CLASS, SHAPE)
 
 
 def lenet():

@@ -17,6 +17,7 @@ from dpcore.models import build_model
 from dpcore.synthetic import DISTILLERS, get_or_distill, load_synthetic, save_synthetic, synthetic_key
 from dpcore.synthetic import gm, mtt
 from dpcore.synthetic.trajectories import FlatParams
+from conftest import template_dataset
 
 C, PER_CLASS, SHAPE = 4, 30, (1, 8, 8)
 LENET = {"name": "lenet-300-100", "options": {}}
@@ -30,13 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def ds() -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(C).repeat_interleave(PER_CLASS)
-    proto = torch.randint(0, 256, (C, *SHAPE), generator=g).float()
-    x = (0.6 * proto[y] + 0.4 * torch.randint(0, 256, (len(y), *SHAPE), generator=g).float()).to(torch.uint8)
-    perm = torch.randperm(len(y), generator=g)
-    x, y = x[perm], y[perm]
-    return Dataset("tiny", x, y, x[:40], y[:40], C, (0.5,), (0.25,))
+    return template_dataset(C, PER_CLASS, SHAPE)
 
 
 def lenet():
