@@ -92,12 +92,13 @@ def run_identity(cfg: Config, method: str, seed: int, device: torch.device,
                              "instability_rewinds": sorted(set(a["instability_rewinds"])),
                              "instability_rounds": sorted(set(a["instability_rounds"])),
                              "histogram_rounds": sorted(set(a["histogram_rounds"]))}
-        for key in ("hessian_rounds", "landscape_rounds"):  # absent when unset, so existing ids do not change
-            if a[key]:
-                ident["analysis"][key] = sorted(set(a[key]))
-            else:
-                for k in [k for k in ident["analysis"] if k.startswith(key.split("_")[0] + "_")]:
-                    del ident["analysis"][k]
+        for prefix in ("hessian", "landscape"):  # absent when unset, so existing ids do not change
+            rounds = a[f"{prefix}_rounds"]
+            for k in [k for k in ident["analysis"] if k.startswith(f"{prefix}_")]:
+                del ident["analysis"][k]
+            if rounds:
+                ident["analysis"].update({k: v for k, v in a.items() if k.startswith(f"{prefix}_")},
+                                         **{f"{prefix}_rounds": sorted(set(rounds))})
     return ident
 
 

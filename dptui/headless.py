@@ -77,7 +77,8 @@ def run_headless(cfg: Config, runs_dir: Path, data_root: str | None, out_dir: Pa
 
     The whole experiment is checked first (:func:`dpcore.validate.check_experiment`): bad input raises
     :class:`DPError` (exit 2) before any training and before the store is touched."""
-    plans = plan_runs(cfg, resolve_device(cfg.run.device))
+    device = resolve_device(cfg.run.device)
+    plans = plan_runs(cfg, device)
     if only:
         unknown = sorted(set(only) - {p.run_id for p in plans})
         if unknown:
@@ -85,7 +86,7 @@ def run_headless(cfg: Config, runs_dir: Path, data_root: str | None, out_dir: Pa
                           + ", ".join(p.run_id for p in plans))
         plans = [p for p in plans if p.run_id in only]
     apply_threads(cfg)
-    checked = check_experiment(cfg, runs_dir, data_root)
+    checked = check_experiment(cfg, runs_dir, data_root, device=device)
     stop, restore_sigint = catch_ctrl_c(console)
     display = LiveDisplay(console, len(plans))
     try:
