@@ -55,6 +55,21 @@ def subset_of(*allowed: str) -> Check:
     return check
 
 
+def names_from(allowed: tuple[str, ...], what: str) -> Check:
+    """A list of distinct names drawn from ``allowed`` (empty allowed): one line naming the allowed values."""
+    def check(xs: list) -> str | None:
+        choices = ", ".join(repr(a) for a in allowed)
+        bad = next((x for x in xs if x not in allowed), None)
+        if bad is not None:
+            near = difflib.get_close_matches(bad, allowed, n=1) if isinstance(bad, str) else []
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            return f"has unknown {what} {bad!r}{hint}; allowed: {choices}"
+        if len(set(xs)) != len(xs):
+            return f"must not repeat a {what}"
+        return None
+    return check
+
+
 def ints_at_least(lo: int) -> Check:
     def check(xs: list) -> str | None:
         if not all(isinstance(x, int) and not isinstance(x, bool) and x >= lo for x in xs):
@@ -77,6 +92,7 @@ def device_name(x: str) -> str | None:
     return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
+LOG_SINKS = ("tensorboard", "wandb")  # [run] log: where a run's metrics are also written (dpcore.sinks)
 DEFAULT_METHODS = ("imp", "distilled", "random")
 AT_INIT_METHODS = ("snip", "grasp", "synflow")  # pruning at initialisation: one shot per round's target
 METHODS = DEFAULT_METHODS + AT_INIT_METHODS
@@ -117,6 +133,9 @@ class TrainConfig:
     weight_decay: float = spec(0.0, kind=float, check=at_least(0))
     milestones: list = spec(default_factory=list, kind=list, check=ints_at_least(1))
     gamma: float = spec(0.1, kind=float, check=lambda x: None if 0 < x <= 1 else "must be in (0, 1]")
+    warmup: int = spec(0, kind=int, check=at_least(0),
+                       help="epochs of linear learning-rate warm-up from lr/steps to lr (0 = none; part of a run's "
+                            "identity when set)")
 
 
 @dataclass(frozen=True)
@@ -207,6 +226,22 @@ class RunConfig:
                         help="torch.compile the training step: auto = on a CPU for the nets it pays for (instance "
                              "norm / avg-pool conv nets: the ConvNet family) with enough steps; warm-up time is "
                              "recorded apart; part of a run's identity when not auto")
+    log: list = spec(default_factory=list, kind=list, check=names_from(LOG_SINKS, "sink"),
+                     help="also log each run's metrics to: tensorboard (<run>/tensorboard), wandb (offline unless "
+                          "WANDB_MODE says otherwise; <run>/wandb); not part of a run's identity")
+    # Where runs execute (none of these is part of a run's identity).
+    executor: str = spec("local", kind=str, check=one_of("local", "ray"),
+                         help="local (this machine, one run after another) or ray (one Ray task per run)")
+    ray_address: str = spec("", kind=str, help="the Ray cluster ('' = $RAY_ADDRESS, else a local Ray instance)")
+    gpus_per_run: float = spec(0.0, kind=float, check=at_least(0),
+                               help="GPUs each run holds on Ray (fractional packs runs, e.g. 0.25); > 0 = runs on cuda")
+    cpus_per_run: float = spec(1.0, kind=float, check=lambda x: None if x > 0 else "must be > 0",
+                               help="CPUs each run holds on Ray (torch threads, unless run.threads is set)")
+    ray_retries: int = spec(3, kind=int, check=at_least(0),
+                            help="times a run lost with its Ray node or worker is started again (it resumes)")
+    ray_shared_store: bool = spec(False, kind=bool,
+                                  help="the run store is on a filesystem every Ray node mounts at the same path: "
+                                       "workers write into it directly")
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def run_identity(cfg: Config, method: str, seed: int, device: torch.device,
         "device": device.type,
         "data": {k: v for k, v in d["data"].items() if k != "root"},
         "model": d["model"],
-        "train": d["train"],
+        "train": {k: v for k, v in d["train"].items() if k != "warmup" or v},  # no warm-up: ids as before
         "prune": {k: v for k, v in d["prune"].items() if k != "methods" and k not in AT_INIT_ALL},
     }
     if method in AT_INIT_METHODS:  # the scoring settings of pruning at init belong to those runs only
@@ -187,7 +187,8 @@ class Run:
 
     def __init__(self, cfg: Config, plan: RunPlan, dataset: Dataset, runs_dir: Path, *,
                  sources: SyntheticSources | None = None,
-                 sink: Sink | None = None, should_stop: StopFlag | None = None):
+                 sink: Sink | None = None, should_stop: StopFlag | None = None, node: str = ""):
+        self.node = node  # where it runs, when an executor places it on a cluster node ("" = here)
         if plan.synthetic is not None:  # this run's own synthetic source and training settings
             cfg = replace(cfg, synthetic=replace(plan.synthetic, variants=[]))
         self.cfg, self.plan, self.ds = cfg, plan, dataset
@@ -197,13 +198,19 @@ class Run:
         self.dir = RunDir(self.runs_dir, plan.run_id)
         self.sources = sources
         self.should_stop = should_stop or (lambda: False)
-        self.emit = fan_out(self.dir.append_event, sink)
+        from .sinks import make_log_sinks  # [run] log: TensorBoard / W&B, imported only when named
+
+        self.log_sinks = make_log_sinks(cfg, self.dir.path, plan.run_id, {
+            "experiment": cfg.experiment.name, "method": plan.method, "seed": plan.seed, "variant": plan.variant,
+            "label": f"{plan.label} seed {plan.seed}"}) if cfg.run.log else []
+        self.emit = fan_out(self.dir.append_event, sink, *self.log_sinks)
         self.stage, self.round, self.throttle = "", 0, Throttle()
         self.per_epoch = steps_per_epoch(dataset.x_train.shape[0], cfg.train.batch_size)
         self.real_schedule = Schedule(
             optimizer=cfg.train.optimizer, lr=cfg.train.lr, epochs=cfg.train.epochs,
             batch_size=cfg.train.batch_size, momentum=cfg.train.momentum,
-            weight_decay=cfg.train.weight_decay, milestones=tuple(cfg.train.milestones), gamma=cfg.train.gamma)
+            weight_decay=cfg.train.weight_decay, milestones=tuple(cfg.train.milestones), gamma=cfg.train.gamma,
+            warmup_steps=cfg.train.warmup * self.per_epoch)
         self.rewind_step = cfg.prune.rewind * (self.per_epoch if cfg.prune.rewind_unit == "epoch" else 1)
         self.fast = FastPath.of(cfg.run)
         self.score_data = None  # SNIP/GraSP's real batches, drawn once per run
@@ -282,11 +289,15 @@ class Run:
         keys = ("engine", "seed", "device", "data", "model", "train", "threads")
         return {k: self.plan.identity[k] for k in keys if k in self.plan.identity}
 
-    def dense_baseline(self, model, init: dict) -> dict:
-        """Train the dense net on real data once per (data, model, train, rewind, seed, device); cached."""
+    def dense_cache_path(self) -> Path:
+        """Where the dense baseline of this run's seed is cached (shared by the seed's methods)."""
         ident = self.dense_identity()
         ident["rewind_step"] = self.rewind_step
-        path = self.runs_dir / "cache" / "dense" / f"{config_hash(ident)}.pt"
+        return self.runs_dir / "cache" / "dense" / f"{config_hash(ident)}.pt"
+
+    def dense_baseline(self, model, init: dict) -> dict:
+        """Train the dense net on real data once per (data, model, train, rewind, seed, device); cached."""
+        path = self.dense_cache_path()
         if path.exists():
             dense = safe_torch_load(path)
             self.event(DenseDone, test_acc=dense["test_acc"], train_s=dense["train_s"], cached=True)
@@ -302,6 +313,14 @@ class Run:
 
     # -- the run -------------------------------------------------------------------------------
     def execute(self) -> dict:
+        """Run (or resume) this run; its log sinks are closed however it ends (done, stopped, failed, raised)."""
+        try:
+            return self.execute_rounds()
+        finally:
+            for log_sink in self.log_sinks:
+                log_sink.close()
+
+    def execute_rounds(self) -> dict:
         cfg, method = self.cfg, self.method
         rounds = cfg.prune.rounds
         self.dir.create({**to_dict(cfg), "run": {**to_dict(cfg.run), "method": method, "seed": self.seed,
@@ -317,7 +336,7 @@ class Run:
         self.results.update({k: old[k] for k in ANALYSIS_KEYS if old and k in old})
         self.event(RunStarted, experiment=cfg.experiment.name, method=method, seed=self.seed,
                    dataset=self.ds.name, model=cfg.model.name, device=str(self.device), rounds=rounds,
-                   resumed_after=len(rows), variant=self.plan.variant)
+                   resumed_after=len(rows), variant=self.plan.variant, node=self.node)
         try:
             self.loop(rows)
             status = "done"
@@ -340,7 +359,8 @@ class Run:
             "schema": 1, "run_id": self.plan.run_id, "experiment": self.cfg.experiment.name,
             "method": self.method, **({"variant": self.plan.variant} if self.plan.variant else {}),
             "seed": self.seed, "dataset": self.ds.name, "model": self.cfg.model.name,
-            "device": str(self.device), "threads": torch.get_num_threads(), "status": "running", "error": None,
+            "device": str(self.device), **({"node": self.node} if self.node else {}),
+            "threads": torch.get_num_threads(), "status": "running", "error": None,
             "rounds_planned": self.cfg.prune.rounds, "fraction": self.cfg.prune.fraction,
             "rewind": {"k": self.cfg.prune.rewind, "unit": self.cfg.prune.rewind_unit, "step": self.rewind_step},
             "dense": None, "synthetic": None, "rounds": list(rows),
@@ -479,6 +499,8 @@ class Run:
         finally:
             self.results["updated_at"] = time.time()
             self.dir.write_results(self.results)
+            for log_sink in self.log_sinks:
+                log_sink.close()
         return self.results
 
 

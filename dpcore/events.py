@@ -31,6 +31,7 @@ class RunStarted(Event):
     rounds: int
     resumed_after: int  # last finished round found on disk (0 = fresh)
     variant: str = ""  # the distilled run's synthetic source, when an experiment compares several
+    node: str = ""  # the cluster node (and GPUs) an executor placed the run on; "" = the launching machine
 
 
 @dataclass(frozen=True)

@@ -268,6 +268,9 @@ def experiment_tables(results: list[dict]) -> list[Table]:
     note = distill_note(results)
     if note:
         tables[0].notes.append(note)
+    unstable = instability_table(results)
+    if unstable.rows:
+        tables.append(unstable)
     tickets = ticket_table(results)
     if tickets.rows:
         tables.append(tickets)

@@ -255,9 +255,14 @@ class Schedule:
     weight_decay: float = 0.0
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+    warmup_steps: int = 0  # the lr rises linearly over these first steps (Goyal et al.; Frankle et al. 2020)
 
-    def lr_at(self, epoch: int) -> float:
-        return self.lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+    def lr_at(self, epoch: int, step: int | None = None) -> float:
+        """The lr of ``epoch`` (milestones), scaled by the warm-up at global ``step`` (0-based) when given."""
+        lr = self.lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+        if step is not None and step < self.warmup_steps:
+            lr *= (step + 1) / self.warmup_steps
+        return lr
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         """Adam or SGD; the fused (one kernel for all parameters, no host syncs even with a GradScaler)
@@ -350,6 +355,9 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, schedule: Schedule, seed: i
             for b in range(step - epoch * per_epoch, per_epoch):
                 if should_stop is not None and should_stop():
                     raise Stopped
+                if step <= schedule.warmup_steps:  # inside the warm-up, and the first step after it
+                    for group in opt.param_groups:
+                        group["lr"] = schedule.lr_at(epoch, step)
                 idx = order[b * batch: (b + 1) * batch]
                 xb = prepare(x[idx])
                 if augment is not None:

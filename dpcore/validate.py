@@ -20,6 +20,7 @@ from .config import Config, SyntheticConfig, synthetic_variants
 from .data import load_dataset
 from .data.dataset import Dataset
 from .errors import ConfigError, DataError, DPError
+from .sinks import check_log_sinks
 
 
 @dataclass
@@ -116,6 +117,7 @@ def check_experiment(cfg: Config, runs_dir: str | Path, data_root: str | Path | 
 
     device = device or resolve_device(cfg.run.device)
     check_runs_dir(runs_dir)
+    check_log_sinks(cfg)  # [run] log: each sink's package is installed
     dataset = load_data(cfg, data_root, device)
     check_model(cfg, dataset)
     files = {}
@@ -129,6 +131,8 @@ def check_experiment(cfg: Config, runs_dir: str | Path, data_root: str | Path | 
 
 
 def validate_experiment(cfg: Config, runs_dir: str | Path, data_root: str | Path | None) -> None:
-    """:func:`check_experiment` without keeping anything (the dashboard's Launch screen): data on the CPU."""
-    resolve_device(cfg.run.device)
+    """:func:`check_experiment` without keeping anything (the dashboard's Launch screen): data on the CPU.
+    A Ray launch's device is the cluster's, so it is not looked for here."""
+    if cfg.run.executor != "ray":
+        resolve_device(cfg.run.device)
     check_experiment(cfg, runs_dir, data_root, device=torch.device("cpu"))

@@ -170,12 +170,24 @@ def test_cache_key_covers_every_input():
     changed = [
         {"dataset_name": "tiny2"}, {"method": "random-subset"}, {"ipc": 2}, {"seed": 1}, {"whitened": True},
         {"params": {"lr_img": 0.5}}, {"params": {"dsa": False}},
-        {"model": {"name": "convnet", "options": {"width": 8}}},
+        {"model": {"name": "convnet", "options": {"width": 8}}}, {"train_per_class": 500},
     ]
     keys = {synthetic_key(**{**base, **c}) for c in changed}
     assert len(keys) == len(changed) and k not in keys
     conv = {"name": "convnet", "options": {"width": 8}}
     assert synthetic_key(**{**base, "model": conv}) != synthetic_key(**{**base, "model": {**conv, "options": {"width": 16}}})
+    assert synthetic_key(**{**base, "train_per_class": 0}) == k  # the whole train split: keys as before
+
+
+def test_a_set_distilled_from_a_train_subset_is_not_reused_for_the_whole_split(tmp_path):
+    from dpcore.synthetic.cache import entry_key
+
+    from conftest import template_dataset
+
+    ds = template_dataset(3, 10, (1, 8, 8))
+    whole = entry_key(ds, method="dm", ipc=2, model=MODEL, seed=0)
+    part = entry_key(ds.subset(5), method="dm", ipc=2, model=MODEL, seed=0)
+    assert ds.subset(5).train_per_class == 5 and whole != part
 
 
 def test_stopped_or_killed_distillation_is_not_cached(tmp_path, ds, monkeypatch):

@@ -27,6 +27,7 @@ class Dataset:
     classes: tuple[str, ...] = ()
     augment: str = "none"  # "crop_flip" for CIFAR-like data, "none" otherwise
     whitened: bool = False  # True when x_* are float32 in ZCA space
+    train_per_class: int = 0  # images per class kept by :meth:`subset` (0 = the whole train split)
     # (scale, shift) per device for prepare(); built on first use (a copy of the dataset starts empty)
     _norm: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -56,7 +57,7 @@ class Dataset:
             idx = torch.nonzero(labels == c).flatten()
             picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
         keep = torch.cat(picks).sort().values.to(self.x_train.device)
-        return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep])
+        return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep], train_per_class=per_class)
 
     def norm_constants(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """(scale, shift) [1, C, 1, 1] on ``device`` with input = uint8 * scale + shift, made once per device."""

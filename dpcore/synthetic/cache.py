@@ -94,6 +94,7 @@ def synthetic_key(
     seed: int,
     params: dict[str, Any],
     whitened: bool,
+    train_per_class: int = 0,
 ) -> str:
     """First 16 hex chars of the sha256 of the canonical JSON (sorted keys) of the inputs.
 
@@ -110,6 +111,8 @@ def synthetic_key(
         "seed": int(seed),
         "params": _canonical_params(method, params, dataset_name, int(ipc)),
     }
+    if train_per_class:  # distilled from a subset of the train split (data.subset): another set
+        payload["train_per_class"] = int(train_per_class)
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=repr)
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
 
@@ -134,6 +137,16 @@ def _sweep_stale(cache_dir: Path) -> None:
                     shutil.rmtree(child, ignore_errors=True)
 
 
+def entry_key(dataset, *, method: str, ipc: int, model: dict[str, Any], seed: int,
+              params: dict[str, Any] | None = None) -> str:
+    """The cache entry (folder name under the cache dir) of a distillation with these inputs."""
+    from dpcore.synthetic import get_distiller
+
+    merged = resolve_for(get_distiller(method), dataset.name, ipc, params)
+    return synthetic_key(dataset.name, method, ipc, _canonical_model(model), seed, merged, dataset.whitened,
+                         getattr(dataset, "train_per_class", 0))
+
+
 def get_or_distill(
     cache_dir: str | os.PathLike[str],
     dataset,
@@ -155,7 +168,7 @@ def get_or_distill(
     distiller = get_distiller(method)
     merged = resolve_for(distiller, dataset.name, ipc, params)
     canon_model = _canonical_model(model)
-    key = synthetic_key(dataset.name, method, ipc, canon_model, seed, merged, dataset.whitened)
+    key = entry_key(dataset, method=method, ipc=ipc, model=model, seed=seed, params=params)
     cache_dir = Path(cache_dir)
     entry = cache_dir / key
 

@@ -62,6 +62,16 @@ def load_source_file(sc: SyntheticConfig, dataset, data_root: str | Path | None)
     return syn
 
 
+def cache_entry(sc: SyntheticConfig, dataset, model: ModelConfig) -> str | None:
+    """The cache folder name (under :func:`synthetic_cache_dir`) of a distilled source; None for a file."""
+    from .cache import entry_key
+
+    if sc.path:
+        return None
+    return entry_key(dataset, method=sc.method, ipc=sc.ipc, model={"name": model.name, **model.options},
+                     seed=sc.seed, params=dict(sc.params))
+
+
 def synthetic_set(sc: SyntheticConfig, dataset, device: torch.device, *, model: ModelConfig,
                   cache_dir: str | Path, data_root: str | Path | None = None, progress=None, should_stop=None):
     """The synthetic set of source ``sc`` for ``dataset``: loaded from its file, or distilled (``progress(done,
