@@ -33,12 +33,21 @@ def main_command(ctx: typer.Context,
                  runs_dir: Optional[Path] = RunsOpt, data_root: Optional[str] = DataOpt,
                  out: Optional[Path] = typer.Option(None, "--out", help="folder for the exported tables (headless)"),
                  run_ids: Optional[list[str]] = typer.Option(
-                     None, "--run-id", help="run only these runs of the experiment (repeatable; see `dptui runs`)")) -> None:
+                     None, "--run-id", help="run only these runs of the experiment (repeatable; see `dptui runs`)"),
+                 executor: Optional[str] = typer.Option(None, "--executor",
+                                                        help="local or ray (sets run.executor)"),
+                 ray_address: Optional[str] = typer.Option(None, "--ray-address",
+                                                           help="Ray cluster address (sets run.ray_address; "
+                                                                "default $RAY_ADDRESS, else a local instance)")) -> None:
     if ctx.invoked_subcommand is not None:
         return
+    import json
+
     from dpcore.profiles import load_profile
 
-    cfg, _ = load_profile(profile, overrides or [])
+    extra = [f"run.executor={json.dumps(executor)}"] if executor is not None else []
+    extra += [f"run.ray_address={json.dumps(ray_address)}"] if ray_address is not None else []
+    cfg, _ = load_profile(profile, [*(overrides or []), *extra])
     if headless:
         from .headless import run_headless
 
@@ -72,6 +81,35 @@ def profiles_command() -> None:
     for name, path in list_profiles().items():
         desc = read_toml(path).get("experiment", {}).get("description", "")
         Console(highlight=False).print(f"[bold]{name}[/]  {desc}  [dim]{path}[/]")
+
+
+@app.command("cluster")
+def cluster_command(ray_address: Optional[str] = typer.Option(None, "--ray-address",
+                                                              help="Ray cluster address (default $RAY_ADDRESS, else "
+                                                                   "the cluster `ray start` runs on this machine)"),
+                    as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Show a Ray cluster's nodes and free CPUs/GPUs (what `--executor ray` would run on)."""
+    import json
+    import os
+
+    from dpcore.executors.ray_cluster import cluster_status
+
+    address = ray_address or os.environ.get("RAY_ADDRESS") or "auto"
+    status = cluster_status(address)
+    if as_json:
+        print(json.dumps({"address": status.address, "line": status.line(), "free_cpus": status.free_cpus,
+                          "free_gpus": status.free_gpus,
+                          "nodes": [{"node_id": n.node_id, "address": n.address, "alive": n.alive, "cpus": n.cpus,
+                                     "gpus": n.gpus} for n in status.nodes]}))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Ray cluster {status.address}: {status.line()}")
+    for col in ("node", "address", "alive", "CPUs", "GPUs"):
+        table.add_column(col)
+    for n in status.nodes:
+        table.add_row(n.node_id[:8], n.address, "yes" if n.alive else "no", f"{n.cpus:g}", f"{n.gpus:g}")
+    Console(highlight=False).print(table)
 
 
 report_cmd.register(app)  # report, analyze

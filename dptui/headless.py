@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import torch
+
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dpcore.config import Config
 from dpcore.errors import DPError
-from dpcore.engine import apply_threads, plan_runs, run_experiment
+from dpcore.engine import apply_threads, plan_runs
+from dpcore.executors import run_experiment_on
 from dpcore.validate import check_experiment, resolve_device
 from dpcore.events import (DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted, RunDone,
                            RunFailed, RunStarted, StageStarted)
@@ -23,8 +28,9 @@ from .interrupt import catch_ctrl_c
 class LiveDisplay:
     """Renders engine events: a runs bar, the current run's round/sparsity line, an epoch bar with ETA."""
 
-    def __init__(self, console: Console, total_runs: int):
-        self.console = console
+    def __init__(self, console: Console, total_runs: int, parallel: bool = False):
+        self.console, self.parallel = console, parallel  # parallel: runs interleave, so lines name their run
+        self.labels: dict[str, str] = {}
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                                  console=console, transient=True)
@@ -35,10 +41,16 @@ class LiveDisplay:
 
     def __call__(self, ev: Event) -> None:
         p, log = self.progress, self.console.print
+        if self.parallel:
+            label = self.labels.get(ev.run_id, ev.run_id[:8])
+            tag = escape(f"[{label}]")
+            log = lambda text: self.console.print(text if text.startswith("[bold]") else f"[dim]{tag}[/]{text}")  # noqa: E731
+            self.label = label
         if isinstance(ev, RunStarted):
-            self.label = f"{ev.method}{' ' + ev.variant if ev.variant else ''} seed {ev.seed}"
+            self.label = self.labels[ev.run_id] = f"{ev.method}{' ' + ev.variant if ev.variant else ''} seed {ev.seed}"
             resumed = f", resuming after round {ev.resumed_after}" if ev.resumed_after else ""
-            log(f"[bold]{self.label}[/] {ev.dataset} / {ev.model} on {ev.device} ({ev.rounds} rounds{resumed}) "
+            where = f"{ev.device} @ {ev.node}" if ev.node else ev.device
+            log(f"[bold]{self.label}[/] {ev.dataset} / {ev.model} on {where} ({ev.rounds} rounds{resumed}) "
                 f"[dim]{ev.run_id}[/]")
         elif isinstance(ev, RoundStarted):
             self.round = f"round {ev.round}/{ev.rounds} → {100 * ev.target_sparsity:.1f}%"
@@ -77,7 +89,14 @@ def run_headless(cfg: Config, runs_dir: Path, data_root: str | None, out_dir: Pa
 
     The whole experiment is checked first (:func:`dpcore.validate.check_experiment`): bad input raises
     :class:`DPError` (exit 2) before any training and before the store is touched."""
-    device = resolve_device(cfg.run.device)
+    on_ray = cfg.run.executor == "ray"
+    if on_ray:  # runs get the cluster's device; the experiment is checked here on the CPU
+        from dpcore.executors.ray_cluster import on_cluster
+
+        cfg = on_cluster(cfg)
+        device = torch.device(cfg.run.device)
+    else:
+        device = resolve_device(cfg.run.device)
     plans = plan_runs(cfg, device)
     if only:
         unknown = sorted(set(only) - {p.run_id for p in plans})
@@ -86,13 +105,15 @@ def run_headless(cfg: Config, runs_dir: Path, data_root: str | None, out_dir: Pa
                           + ", ".join(p.run_id for p in plans))
         plans = [p for p in plans if p.run_id in only]
     apply_threads(cfg)
-    checked = check_experiment(cfg, runs_dir, data_root, device=device)
+    checked = check_experiment(cfg, runs_dir, data_root, device=torch.device("cpu") if on_ray else device)
     stop, restore_sigint = catch_ctrl_c(console)
-    display = LiveDisplay(console, len(plans))
+    display = LiveDisplay(console, len(plans), parallel=on_ray)
+    cancel_dir = os.environ.get("DPTUI_CANCEL_DIR")  # set by the dashboard's queue runner for a Ray launch
+    cancelled = (lambda run_id: (Path(cancel_dir) / run_id).exists()) if cancel_dir else None
     try:
         with display.progress:
-            results = run_experiment(cfg, runs_dir, data_root=data_root, sink=display, should_stop=stop.is_set,
-                                     only=[p.run_id for p in plans], checked=checked)
+            results = run_experiment_on(cfg, runs_dir, data_root=data_root, sink=display, should_stop=stop.is_set,
+                                        only=[p.run_id for p in plans], checked=checked, cancelled=cancelled)
     finally:
         restore_sigint()
     tables = experiment_tables(results)

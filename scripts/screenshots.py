@@ -3,6 +3,7 @@
     python scripts/screenshots.py                  # about 2-4 minutes on 2 CPU cores
     python scripts/screenshots.py --store /tmp/s   # keep (and on later calls reuse) the run store
     python scripts/screenshots.py --distillers runs   # Compare over a finished `mnist-distillers` experiment
+    python scripts/screenshots.py --ray            # Runs and Launch with a launch on a 2-node local Ray cluster
 
 1. Builds a run store of real runs (unless ``--store`` already has them): the quickstart profile made small
    (one seed, 4 rounds, 2 epochs, a 100-step DM set; the instability analysis of round 2 where the engine
@@ -165,12 +166,78 @@ async def shoot_distillers(runs: Path, profile: str) -> list[str]:
     return saved
 
 
+async def shoot_ray(runs: Path) -> list[str]:
+    """Runs and Launch with a Ray launch: a 2-node Ray cluster on this machine (``ray.cluster_utils``), one
+    launch from the app's launcher (its detached driver spreads the runs over the nodes), the Runs screen
+    while they run, and the Launch screen with the Ray cluster picked."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from dpcore.profiles import load_profile
+    from dptui.app import make_app
+    from dptui.app.launcher import RAY_SLOT, Launcher
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    os.environ["RAY_ADDRESS"] = cluster.address
+    saved: list[str] = []
+    launcher = Launcher(runs, gpu_count=0)
+    try:
+        cfg, _ = load_profile("quickstart", SMALL + ["run.seeds=[0, 1]", "prune.rounds=8", "train.epochs=3",
+                                                     'prune.methods=["imp", "random"]'])
+        _, ids = launcher.launch(cfg, [RAY_SLOT])
+        app = make_app(Path(runs.name), blink=False, poll_s=0.3, follow_s=0.2, gpu_count=0,
+                       overrides=["run.seeds=[0]"])
+        async with app.run_test(size=SIZE) as pilot:
+            for _ in range(3000):  # both nodes busy: two runs with a finished round each
+                live = [app.views.get(r) for r in ids]
+                if app.loaded and sum(1 for v in live if v and v.status == "running" and v.rows and "@" in v.device) >= 2:
+                    break
+                await pilot.pause(0.1)
+            await pilot.pause(0.8)
+            app.save_screenshot(filename="runs-ray.svg", path=str(OUT))
+            saved.append("runs-ray.svg")
+            app.open_launch()
+            for _ in range(600):
+                if getattr(app.screen, "form_settled", False):
+                    break
+                await pilot.pause(0.05)
+            devices = app.screen.query_one("#devices")
+            devices.deselect_all()
+            devices.select(RAY_SLOT)
+            for _ in range(1200):
+                if "CPUs" in app.screen.cluster_text:
+                    break
+                await pilot.pause(0.1)
+            await pilot.pause(0.8)
+            app.save_screenshot(filename="launch-ray.svg", path=str(OUT))
+            saved.append("launch-ray.svg")
+    finally:
+        for rid, entry in launcher.entries().items():
+            if entry.state in ("queued", "running"):
+                launcher.cancel(entry)
+        ray.shutdown()
+        time.sleep(5)  # let the driver see the cancels before its cluster goes
+        cluster.shutdown()
+    return saved
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="folder for the run store (default: a temporary one)")
     parser.add_argument("--distillers", type=Path, metavar="RUNS",
                         help="only shoot Compare over the mnist-distillers runs in this run store")
+    parser.add_argument("--ray", action="store_true", help="only shoot Runs and Launch with a Ray launch")
     args = parser.parse_args()
+    if args.ray:
+        base = args.store or Path(tempfile.mkdtemp(prefix="dptui-screenshots-ray-"))
+        base.mkdir(parents=True, exist_ok=True)
+        os.chdir(base)
+        OUT.mkdir(exist_ok=True)
+        saved = asyncio.run(shoot_ray(base / "runs"))
+        print(f"saved {', '.join(saved)} in {OUT}")
+        return 0
     if args.distillers:
         store = args.distillers.resolve()
         os.chdir(store.parent)  # the app shows the store by its folder name

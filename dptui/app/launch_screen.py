@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,11 +26,13 @@ from dpcore.config import Config, describe_keys, to_dict
 from dpcore.errors import DPError
 from dpcore.profiles import list_profiles, load_profile, read_toml, save_profile
 
+from .launcher import RAY_SLOT
 from .runs_screen import KEYS, DashScreen
 from .widgets import FormInput, NameModal
 
-SKIP_KEYS = {"model.options", "synthetic.params", "run.device"}  # expanded per profile / set by the device list
+SKIP_KEYS = {"model.options", "synthetic.params", "run.device", "run.executor"}  # per profile / the device list
 PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+CLUSTER_UNKNOWN = "the cluster could not be read"
 KEY_IN_MESSAGE = re.compile(r"'([a-z_]+(?:\.[A-Za-z0-9_]+)+)'")
 
 
@@ -125,6 +132,7 @@ class LaunchScreen(DashScreen):
         self.form_ready = False
         self.checking = False  # the pre-start check (data, synthetic sources, devices) runs in a worker
         self.check_failed: tuple[tuple, str] | None = None  # (form state it was for, its error line)
+        self.cluster_text = ""  # the Ray cluster's nodes and free resources, once read
 
     @property
     def form_settled(self) -> bool:
@@ -177,6 +185,8 @@ class LaunchScreen(DashScreen):
         labels = [(f"{s} (one run at a time)" if s == "cpu" else f"GPU {s[3:]}", s, True) for s in slots]
         if slots != ["cpu"]:
             labels.append(("cpu (instead of GPUs)", "cpu", False))
+        if importlib.util.find_spec("ray") is not None:
+            labels.append(("Ray cluster (one task per run, run.gpus_per_run / cpus_per_run each)", RAY_SLOT, False))
         dev.add_options(labels)
         dev.styles.height = len(labels)
 
@@ -269,6 +279,8 @@ class LaunchScreen(DashScreen):
 
     def slots(self) -> list[str]:
         selected = list(self.query_one("#devices", SelectionList).selected)
+        if RAY_SLOT in selected:
+            return [RAY_SLOT]
         gpus = [s for s in selected if s.startswith("gpu")]
         return gpus or (["cpu"] if "cpu" in selected else [])
 
@@ -309,7 +321,10 @@ class LaunchScreen(DashScreen):
             return
         todo, notes = self.plan()
         slots = self.slots()
-        where = "CPU" if slots == ["cpu"] else ", ".join(f"GPU {s[3:]}" for s in slots)
+        if slots == [RAY_SLOT]:
+            where = f"Ray ({self.cluster_text})"
+        else:
+            where = "CPU" if slots == ["cpu"] else ", ".join(f"GPU {s[3:]}" for s in slots)
         text = (f"✓ valid · {len(todo)} run(s) to start: {self.plan_text or 'none'} · on {where}"
                 + (f" · skipping {', '.join(notes)}" if notes else ""))
         status.update(Text(text, style="green"))
@@ -325,7 +340,37 @@ class LaunchScreen(DashScreen):
 
     @on(SelectionList.SelectedChanged, "#devices")
     def _devices(self) -> None:
+        if self.slots() == [RAY_SLOT] and self.cluster_text in ("", CLUSTER_UNKNOWN):
+            self.cluster_text = "looking for the cluster…"
+            self.read_cluster()
         self.validate_soon()
+
+    @work(thread=True, exclusive=True, group="ray-cluster", exit_on_error=False, name="read the Ray cluster")
+    def read_cluster(self) -> None:
+        """The cluster's nodes and free CPUs/GPUs, from ``dptui cluster --json`` in a subprocess (Ray's
+        client never runs inside the dashboard's process)."""
+        app: Any = self.app
+        address = (self.cfg.run.ray_address if self.cfg is not None else "") or os.environ.get("RAY_ADDRESS") or ""
+        argv = [sys.executable, "-m", "dptui", "cluster", "--json", *(["--ray-address", address] if address else [])]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
+            if proc.returncode == 0:
+                info = json.loads(proc.stdout.strip().splitlines()[-1])
+                nodes = ", ".join(f"{n['address']} {n['cpus']:g} CPU {n['gpus']:g} GPU"
+                                  for n in info["nodes"] if n["alive"])
+                text = f"{info['line']}: {nodes}"
+            else:
+                text = ("no running cluster found: a local Ray instance starts with the launch"
+                        if "running Ray" in proc.stderr or "auto" in proc.stderr else
+                        (proc.stderr.strip().splitlines() or [CLUSTER_UNKNOWN])[-1])
+        except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, IndexError) as err:
+            text = f"{CLUSTER_UNKNOWN} ({type(err).__name__})"
+        if not get_current_worker().is_cancelled:
+            app.call_from_thread(self._cluster_read, text)
+
+    def _cluster_read(self, text: str) -> None:
+        self.cluster_text = text
+        self.show_status()
 
     def validate_soon(self) -> None:
         """Validate once after the changes already queued (a form being filled sends one per field)."""
@@ -353,7 +398,8 @@ class LaunchScreen(DashScreen):
         elif widget.id == "overrides":
             help_line.update("extra --set overrides, space separated, as on the command line")
         elif widget.id == "devices":
-            help_line.update("one run at a time per device; several GPUs run several runs at once")
+            help_line.update("one run at a time per device; several GPUs run several runs at once; Ray: every "
+                             "run a task on the cluster of run.ray_address ($RAY_ADDRESS, else this machine)")
         else:
             help_line.update("")
 

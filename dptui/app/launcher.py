@@ -30,6 +30,7 @@ from dpcore.errors import DPError
 from .follow import tail_lines
 
 LAUNCHES = "launches"
+RAY_SLOT = "ray"
 
 
 def slug(text: str) -> str:
@@ -147,10 +148,18 @@ class Launcher:
     def device_type(slots: list[str]) -> str:
         return "cuda" if any(s.startswith("gpu") for s in slots) else "cpu"
 
+    @staticmethod
+    def on_ray(slots: list[str]) -> bool:
+        """The pseudo-slot ``ray``: the launch's runs go to a Ray cluster (``run.executor = "ray"``)."""
+        return RAY_SLOT in slots
+
     # -- starting ------------------------------------------------------------------------------
-    def argv(self, launch_dir: Path, run_id: str) -> list[str]:
+    def argv(self, launch_dir: Path, run_id: str | None, run_ids: list[str] | None = None) -> list[str]:
+        """The command of one run (``run_id``), or of a Ray launch's driver (``run_ids``)."""
+        ids = run_ids if run_id is None else [run_id]
         argv = [self.python, "-m", "dptui", "--headless", "--profile", str(launch_dir / "profile.toml"),
-                "--runs-dir", str(self.runs_dir), "--run-id", run_id, "--out", str(launch_dir / "exports" / run_id)]
+                "--runs-dir", str(self.runs_dir), *[a for rid in ids for a in ("--run-id", rid)],
+                "--out", str(launch_dir / "exports" / (run_id or "all"))]
         if self.data_root:
             argv += ["--data-root", self.data_root]
         return argv
@@ -161,8 +170,13 @@ class Launcher:
 
         from dpcore.engine import plan_runs
 
+        if self.on_ray(slots):
+            from dpcore.executors.ray_cluster import on_cluster
+
+            cfg = on_cluster(replace(cfg, run=replace(cfg.run, executor="ray")))
+            return cfg, plan_runs(cfg, torch.device(cfg.run.device))
         device = self.device_type(slots)
-        cfg = replace(cfg, run=replace(cfg.run, device=device))
+        cfg = replace(cfg, run=replace(cfg.run, device=device, executor="local"))
         return cfg, plan_runs(cfg, torch.device(device))
 
     def launch(self, cfg: Config, slots: list[str], only: list[str] | None = None) -> tuple[Path, list[str]]:
@@ -170,7 +184,7 @@ class Launcher:
         from dpcore.profiles import dumps
         from dpcore.store import atomic_write_text
 
-        slots = [s for s in slots if s.startswith("gpu")] or ["cpu"]
+        slots = [RAY_SLOT] if self.on_ray(slots) else [s for s in slots if s.startswith("gpu")] or ["cpu"]
         cfg, plans = self.plan(cfg, slots)
         if only is not None:
             plans = [p for p in plans if p.run_id in only]
@@ -187,12 +201,18 @@ class Launcher:
             except FileExistsError:
                 continue
         atomic_write_text(launch_dir / "profile.toml", dumps(cfg))
+        ray = self.on_ray(slots)
         runs = [{"run_id": p.run_id, "method": p.method, "variant": p.variant, "seed": p.seed, "experiment": cfg.experiment.name,
-                 "dataset": cfg.data.dataset, "model": cfg.model.name, "device": self.device_type(slots),
-                 "rounds": cfg.prune.rounds, "argv": self.argv(launch_dir, p.run_id), "log": f"{p.run_id}.log"}
+                 "dataset": cfg.data.dataset, "model": cfg.model.name,
+                 "device": f"{cfg.run.device} on ray" if ray else self.device_type(slots),
+                 "rounds": cfg.prune.rounds, "argv": self.argv(launch_dir, p.run_id),
+                 "log": "driver.log" if ray else f"{p.run_id}.log"}
                 for p in plans]
         spec = {"version": 1, "created": time.time(), "runs_dir": str(self.runs_dir), "cwd": str(self.cwd),
                 "data_root": self.data_root, "slots": slots, "runs": runs}
+        if ray:  # one Ray driver for all of the launch's runs (it spreads them over the cluster)
+            spec["executor"] = "ray"
+            spec["driver_argv"] = self.argv(launch_dir, None, [p.run_id for p in plans])
         atomic_write_text(launch_dir / "launch.json", json.dumps(spec, indent=1))
         self.start_runner(launch_dir)
         return launch_dir, [p.run_id for p in plans]
@@ -214,7 +234,7 @@ class Launcher:
         marker = entry.launch_dir / "cancel" / entry.run_id
         marker.parent.mkdir(exist_ok=True)
         marker.touch()
-        if entry.state == "running" and entry.pid_alive and not entry.runner_alive:
+        if entry.state == "running" and entry.pid_alive and not entry.runner_alive and not self.on_ray(entry.slots):
             # Its runner is gone, so nobody else will signal it.
             try:
                 os.killpg(int(entry.pid), signal.SIGINT)
@@ -231,7 +251,7 @@ class Launcher:
 
         if entry is not None and (entry.launch_dir / "profile.toml").exists():
             cfg, _ = load_profile(str(entry.launch_dir / "profile.toml"))
-            slots = entry.slots if self.device_type(entry.slots) == "cpu" else self.device_slots()
+            slots = entry.slots if self.device_type(entry.slots) == "cpu" else self.device_slots()  # ray stays ray
         else:  # not launched from the app: its own config.toml
             spec = load_run_config(self.runs_dir / run_id)
             cfg, slots = spec.cfg, (["cpu"] if spec.device == "cpu" else self.device_slots())

@@ -78,7 +78,7 @@ class RunLive:
             self.log.append(f"[{max(0.0, ev.t - self.started_t):7.1f}s] {line}")
         if isinstance(ev, RunStarted):
             self.info = {k: getattr(ev, k) for k in ("experiment", "method", "variant", "seed", "dataset", "model",
-                                                     "device")}
+                                                     "device", "node")}
             self.status, self.error, self.rounds = "running", None, ev.rounds
             self.rows = {r: row for r, row in self.rows.items() if r <= ev.resumed_after}
             self.stage, self.epoch, self.epochs = "", 0, 0
@@ -111,7 +111,8 @@ def format_event(ev: Event) -> str | None:
     """One human line per event worth logging (epoch progress is not)."""
     if isinstance(ev, RunStarted):
         resumed = f", resuming after round {ev.resumed_after}" if ev.resumed_after else ""
-        return (f"{ev.method}{' ' + ev.variant if ev.variant else ''} seed {ev.seed}: {ev.dataset} / {ev.model} on {ev.device} "
+        where = f"{ev.device} @ {ev.node}" if ev.node else ev.device
+        return (f"{ev.method}{' ' + ev.variant if ev.variant else ''} seed {ev.seed}: {ev.dataset} / {ev.model} on {where} "
                 f"({ev.rounds} rounds{resumed})")
     if isinstance(ev, StageStarted):
         return f"{ev.stage}" + (f" (round {ev.round})" if ev.round else "")
@@ -188,7 +189,9 @@ class RunView:
 
     @property
     def device(self) -> str:
-        return self._get("device", "")
+        """The run's device, and the cluster node (and GPUs) it runs on when an executor placed it."""
+        node = self._get("node", "")
+        return f"{self._get('device', '')} @ {node}" if node else self._get("device", "")
 
     @property
     def rounds_planned(self) -> int | None:

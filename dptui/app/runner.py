@@ -132,7 +132,54 @@ class QueueRunner:
         self.update(run_id, state="exited", rc=rc, ended_at=time.time())
         self.log(f"{run_id} exited with code {rc}")
 
+    def run_driver(self) -> None:
+        """A Ray launch: one driver process (``dptui --headless`` with every run id) spreads the runs over the
+        cluster; cancel requests reach it through ``DPTUI_CANCEL_DIR``; each run's end state comes from its
+        results.json once the driver exits."""
+        ids = [r["run_id"] for r in self.spec["runs"]]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DPTUI_CANCEL_DIR": str(self.dir / "cancel")}
+        (self.dir / "cancel").mkdir(exist_ok=True)
+        with open(self.dir / "driver.log", "ab") as log:
+            try:
+                proc = subprocess.Popen(self.spec["driver_argv"], start_new_session=True, stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.spec.get("cwd") or None)
+            except OSError as err:
+                log.write(f"error: cannot start the Ray driver: {err}\n".encode())
+                for rid in ids:
+                    self.update(rid, state="exited", rc=127, slot="ray", ended_at=time.time())
+                return
+        now = time.time()
+        with self.lock:
+            for rid in ids:
+                self.state["runs"][rid].update(state="running", pid=proc.pid, slot="ray", started_at=now)
+        self.save()
+        self.log(f"ray driver started (pid {proc.pid}) for {len(ids)} run(s)")
+        rc = proc.wait()
+        runs_dir = Path(self.spec["runs_dir"])
+        with self.lock:
+            for rid in ids:
+                status = self._status(runs_dir / rid / "results.json")
+                code = {"done": 0, "stopped": 130, "failed": 1}.get(status, rc if rc else 1)
+                self.state["runs"][rid].update(state="cancelled" if status is None and self.cancelled(rid) else "exited",
+                                               rc=code, ended_at=time.time())
+        self.save()
+        self.log(f"ray driver exited with code {rc}")
+
+    @staticmethod
+    def _status(path: Path) -> str | None:
+        try:
+            return json.loads(path.read_text()).get("status")
+        except (OSError, ValueError):
+            return None
+
     def run(self) -> None:
+        if self.spec.get("executor") == "ray":
+            self.run_driver()
+            with self.lock:
+                self.state["finished_at"] = time.time()
+            self.save()
+            self.log("queue finished")
+            return
         threads = [threading.Thread(target=self.slot_loop, args=(slot,), name=f"slot-{slot}")
                    for slot in self.spec["slots"]]
         for t in threads:
