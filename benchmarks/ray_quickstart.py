@@ -2,7 +2,7 @@
 
     python benchmarks/ray_quickstart.py [--json OUT]
 
-Three fresh run stores: local with torch's default threads, local with ``run.threads=1``, and Ray (a head and
+Two fresh run stores: local with ``run.threads=1``, and Ray (a head and
 a worker node from ``ray.cluster_utils.Cluster``, one CPU each, so the quickstart's runs go two at a time,
 one thread each, ``run.threads=1``). Each is ``dptui --headless`` in a subprocess, timed from start to exit;
 the reference training (``../shared/bench/reference_training.py``) is timed before and after when it exists.
@@ -68,7 +68,6 @@ def main() -> int:
 
     base = Path(tempfile.mkdtemp(prefix="dptui-ray-bench-"))
     out = {"reference_before_s": reference()}
-    out["local_default_threads_s"] = headless(base / "local")
     out["local_threads1_s"] = headless(base / "local1", "--set", "run.threads=1")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)

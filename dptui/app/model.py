@@ -61,6 +61,7 @@ class RunLive:
     synthetic: dict | None = None
     log: deque = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     started_t: float | None = None
+    attempt_t: float | None = None  # when the latest attempt started (its RunStarted)
     events: int = 0
 
     def snapshot(self) -> "RunLive":
@@ -77,6 +78,7 @@ class RunLive:
         if line:
             self.log.append(f"[{max(0.0, ev.t - self.started_t):7.1f}s] {line}")
         if isinstance(ev, RunStarted):
+            self.attempt_t = ev.t
             self.info = {k: getattr(ev, k) for k in ("experiment", "method", "variant", "seed", "dataset", "model",
                                                      "device", "node")}
             self.status, self.error, self.rounds = "running", None, ev.rounds
@@ -248,6 +250,12 @@ def effective_status(results: dict | None, live: RunLive | None, entry: Any | No
             return "cancelled", None
         return ("queued" if entry.runner_alive else "stalled"), None
     if st == "running":
+        if entry.pid_alive and entry.slot == "ray":  # one driver runs the launch's runs: each run's files tell
+            started = live.attempt_t if live and live.attempt_t else (results or {}).get("started_at")
+            if status in ("done", "stopped", "failed") and started and started >= entry.created:
+                return status, error  # finished in this launch (not an earlier attempt's end)
+            if status == "pending":  # not placed on the cluster yet
+                return ("cancelled" if entry.cancel_requested else "queued"), None
         if entry.pid_alive:
             return ("stopping" if entry.cancel_requested else "running"), None
         if entry.runner_alive:  # it has just exited; the runner records the exit code next
