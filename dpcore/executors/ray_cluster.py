@@ -270,7 +270,6 @@ class _Stage:
     key: str
     kind: str
     plan: RunPlan
-    rel: list[str]  # the cache paths (relative to the store) it provides
     attempts: int = 0
     ref: Any = None
     error: str | None = None
@@ -347,21 +346,20 @@ class RayDriver:
             dense = run.dense_cache_path().relative_to(self.runs_dir).as_posix()
             rel.append(dense)
             if not (self.runs_dir / dense).exists():
-                needs.append(self._stage("dense:" + dense, "dense", plan, [dense]))
+                needs.append(self._stage("dense:" + dense, "dense", plan))
             if plan.method == "distilled":
                 entry = cache_entry(run.cfg.synthetic, self.checked.dataset, self.cfg.model)
                 if entry is not None:
                     entry_rel = (cache / entry).relative_to(self.runs_dir).as_posix()
                     rel.append(entry_rel)
                     if not (cache / entry / "images_best.pt").exists():
-                        needs.append(self._stage("synthetic:" + entry, "synthetic", plan, [entry_rel]))
+                        needs.append(self._stage("synthetic:" + entry, "synthetic", plan, run.cfg.synthetic.method))
             self.runs[plan.run_id] = _RunState(plan, needs, rel)
 
-    def _stage(self, key: str, kind: str, plan: RunPlan, rel: list[str]) -> str:
+    def _stage(self, key: str, kind: str, plan: RunPlan, method: str = "") -> str:
         if key not in self.stages:
-            self.stages[key] = _Stage(key, kind, plan, rel)
-            sc = Run(self.cfg, plan, self.checked.dataset, self.runs_dir).cfg.synthetic
-            if kind == "synthetic" and sc.method == "mtt":
+            self.stages[key] = _Stage(key, kind, plan)
+            if method == "mtt":  # MTT stages run one after another (they share expert trajectories)
                 self.mtt_queue.append(key)
         return key
 
