@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per measurement (median reported)")
     ap.add_argument("--dpcore", metavar="PATH", help="import dpcore from this checkout; time only its fp32 default")
     ap.add_argument("--only", nargs="*", metavar="NAME", help="only these workloads (e.g. convnet-32 inner dm)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a compiled setting fell back to eager")
     ap.add_argument("--all", action="store_true", help="on CUDA, also compile every precision of every workload")
     return ap.parse_args(argv)
 
@@ -244,7 +245,7 @@ def bench_training(w: Workload, device: torch.device, reps: int, log) -> Result:
     seed_times: list[float] = []
     for s in settings:  # warm-up (compiles here; the compile time is reported apart)
         out = engine_run(s, ds.x_train[:warm_n], ds.y_train[:warm_n])
-        res.rows[s.label] = {"compile_s": float(getattr(out, "compile_s", 0.0))}
+        res.rows[s.label] = warm_row(out, log, f"{w.name} {s.label}")
         log(f"  {w.name}: warm-up {s.label} done (compile_s {res.rows[s.label]['compile_s']:.1f})")
     warm_loader = DataLoader(TensorDataset(x_host[:warm_n], ds.y_train[:warm_n].cpu()), batch_size=w.batch)
     seedstyle_epoch(seed_model, warm_loader, torch.optim.Adam(seed_model.parameters(), lr=1.2e-3), device)
@@ -300,7 +301,7 @@ def bench_inner_loop(device: torch.device, reps: int, log) -> Result:
 
     for s in settings:  # warm-ups as long as a repetition: every DSA op has run once before the timing
         out = engine_run(s, sc)
-        res.rows[s.label] = {"compile_s": float(getattr(out, "compile_s", 0.0))}
+        res.rows[s.label] = warm_row(out, log, f"inner loop {s.label}")
     seed_run(epochs)
     times = {s.label: [] for s in settings}
     seed_times = []
@@ -315,6 +316,17 @@ def bench_inner_loop(device: torch.device, reps: int, log) -> Result:
         res.rows[s.label].update(rate=epochs / t, step_s=t / epochs, times_s=times[s.label])
     add_break_even(res)
     return res
+
+
+def warm_row(out: Any, log, what: str) -> dict:
+    """A setting's row from its warm-up: the compile warm-up, and a compile that fell back to eager (its rates
+    are eager ones: the row says so, and ``--strict`` fails the benchmark). Compiling fails once per process and
+    architecture, in the warm-up, so the timed repetitions after it run as the row says."""
+    fallback = getattr(out, "fallback", None)
+    if fallback:
+        print(f"warning: {what}: torch.compile fell back to eager ({fallback}); its row is marked", file=sys.stderr,
+              flush=True)
+    return {"compile_s": float(getattr(out, "compile_s", 0.0)), "fallback": fallback}
 
 
 def add_break_even(res: Result) -> None:
@@ -377,6 +389,7 @@ def render(report: dict, results: list[Result]) -> None:
         first = True
         for label, row in r.rows.items():
             mark = " *" if label == r.headline and r.kind != "distill" else ""
+            mark += " EAGER FALLBACK" if row.get("fallback") else ""
             ratio = f"{row['rate'] / r.seedstyle:.2f}x" if r.seedstyle else ""
             pays = row.get("pays_after_steps")
             seed = f"{r.seedstyle:,.1f}" if r.seedstyle and r.seedstyle < 100 else f"{r.seedstyle or 0:,.0f}"
@@ -426,6 +439,8 @@ def main() -> None:
               "quick": ARGS.quick, "wall_s": round(time.perf_counter() - t0, 1), "reps": ARGS.reps,
               "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],  # start, end: other jobs void timings
               "workloads": {r.name: r.to_json() for r in results}}
+    fallbacks = [f"{r.name} {label}" for r in results for label, row in r.rows.items() if row.get("fallback")]
+    report["fallbacks"] = fallbacks
     if ARGS.json:
         print(json.dumps(report))
     else:
@@ -433,6 +448,9 @@ def main() -> None:
         print(f"total {report['wall_s']:.0f} s; 1-min load average at start / end: "
               f"{report['loadavg_1min'][0]:.2f} / {report['loadavg_1min'][1]:.2f} (this run adds ~{report['threads']}; "
               "more means other jobs ran and the timings are void)")
+    if fallbacks and ARGS.strict:
+        print(f"--strict: torch.compile fell back to eager in {', '.join(fallbacks)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,13 @@ def one_of(*allowed: str) -> Check:
     return lambda x: None if x in allowed else "must be one of " + ", ".join(repr(a) for a in allowed)
 
 
-def subset_of(*allowed: str) -> Check:
+def subset_of(*allowed: str, names: Callable[[], list[str]] | None = None) -> Check:
+    """A non-empty list of distinct names from ``allowed`` (or from ``names()``, read when checked)."""
     def check(xs: list) -> str | None:
-        bad = [x for x in xs if x not in allowed]
+        allowed_now = names() if names is not None else allowed
+        bad = [x for x in xs if x not in allowed_now]
         if bad or not xs:
-            return "must be a non-empty list of " + ", ".join(repr(a) for a in allowed)
+            return "must be a non-empty list of " + ", ".join(repr(a) for a in allowed_now)
         if len(set(xs)) != len(xs):
             return "must not repeat a method"
         return None
@@ -94,8 +96,13 @@ def device_name(x: str) -> str | None:
 
 LOG_SINKS = ("tensorboard", "wandb")  # [run] log: where a run's metrics are also written (dpcore.sinks)
 DEFAULT_METHODS = ("imp", "distilled", "random")
-AT_INIT_METHODS = ("snip", "grasp", "synflow")  # pruning at initialisation: one shot per round's target
-METHODS = DEFAULT_METHODS + AT_INIT_METHODS
+
+
+def registered_methods() -> list[str]:
+    """The pruning methods of :mod:`dpcore.methods` (built in, or registered by the user)."""
+    from .methods import method_names
+
+    return method_names()
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,8 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    methods: list = spec(default_factory=lambda: list(DEFAULT_METHODS), kind=list, check=subset_of(*METHODS),
+    methods: list = spec(default_factory=lambda: list(DEFAULT_METHODS), kind=list,
+                         check=subset_of(names=registered_methods),
                          help="imp, distilled, random; snip, grasp, synflow (pruning at initialisation)")
     rounds: int = spec(10, kind=int, check=at_least(1))
     fraction: float = spec(0.2, kind=float, check=open_unit)
@@ -217,6 +225,9 @@ class RunConfig:
     threads: int = spec(0, kind=int, check=at_least(0),
                         help="CPU threads for torch (0 = torch's default); CPU results depend on it, so a set "
                              "value is part of each run's identity")
+    jobs: int = spec(0, kind=int, check=at_least(0),
+                     help="runs at once on this machine, each in its own process (0 = auto: on a CPU, cores // "
+                          "run.threads (1 thread a run when unset); on CUDA, 4 a GPU); not part of a run's identity")
     precision: str = spec("fp32", kind=str, check=one_of("fp32", "bf16", "fp16"),
                           help="training/evaluation autocast: fp32, bf16 or fp16 (fp16 scales the loss); "
                                "part of a run's identity when not fp32")

@@ -112,9 +112,29 @@ class RunFailed(Event):
     error: str
 
 
+@dataclass(frozen=True)
+class Waiting(Event):
+    """Another process holds the claim on work this one needs (a run, a dense baseline, a synthetic set):
+    this one waits for it, then reads what it made. Sent to the sink only, not written into a run's events."""
+
+    kind: ClassVar[str] = "waiting"
+    what: str  # "this run", "the dense baseline of seed 0", "synthetic set 'dm ipc10'"
+    holder: str  # "process 1234 since 10:42:01", or "" when unknown
+
+
+@dataclass(frozen=True)
+class CompileFallback(Event):
+    """A training that was to run compiled fell back to eager (compiling failed): its timings are eager ones."""
+
+    kind: ClassVar[str] = "compile_fallback"
+    round: int
+    error: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in
                                        (RunStarted, StageStarted, EpochProgress, DenseDone, DistillDone,
-                                        RoundStarted, RoundDone, AnalysisDone, RunDone, RunFailed)}
+                                        RoundStarted, RoundDone, AnalysisDone, RunDone, RunFailed, Waiting,
+                                        CompileFallback)}
 
 Sink = Callable[[Event], None]
 

@@ -52,7 +52,9 @@ class MaskApplier:
     def __init__(self, model: nn.Module, mask: Mask):
         params = prunable(model)
         self.params = [params[name] for name in mask]
-        self.masks = [mask[name].to(device=p.device, dtype=p.dtype) for name, p in zip(mask, self.params)]
+        # Each mask in its parameter's dtype, device and memory format (channels-last conv weights included),
+        # so the in-place multiply never mixes layouts.
+        self.masks = [torch.empty_like(p).copy_(mask[name]) for name, p in zip(mask, self.params)]
 
     @torch.no_grad()
     def __call__(self) -> None:

@@ -4,16 +4,15 @@ Every run writes its resolved config to ``<runs>/<run id>/config.toml`` with ``[
 run's ``method``, ``seed``, ``device``, ``run_id`` and, for one of several synthetic sources, ``variant``
 (its ``[synthetic]`` section then holds that source's settings). :func:`load_run_config` turns that back
 into a :class:`~dpcore.config.Config` that plans exactly this run (``run.seeds = [seed]``,
-``prune.methods = [method]``, the variant's label kept) and proves it with :func:`dpcore.engine.plan_runs`.
+``prune.methods = [method]``, the variant's label kept) and proves it by planning it again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 
 from .config import Config, config_from_dict
 from .errors import ConfigError, DPError
@@ -43,7 +42,7 @@ def load_run_config(run_dir: str | Path) -> RunSpec:
 
     Raises :class:`DPError` (one line: what, where, how to fix) when the directory has no config.toml, the
     file lacks ``run.method``/``run.seed``/``run.run_id``, or the rebuilt config plans another run."""
-    from .engine import plan_runs
+    from .experiment import Experiment
     from .profiles import read_toml
 
     run_dir = Path(run_dir)
@@ -72,7 +71,7 @@ def load_run_config(run_dir: str | Path) -> RunSpec:
         cfg = config_from_dict(raw, where=str(path))
     except ConfigError as err:
         raise ConfigError(f"{err} (an older or newer run?); launch the run's profile again") from None
-    plans = plan_runs(cfg, torch.device(device))
+    plans = Experiment(replace(cfg, run=replace(cfg.run, executor="local")), run_dir.parent, device=device).plans
     if [p.run_id for p in plans] != [run_id]:
         got = ", ".join(p.run_id for p in plans) or "nothing"
         raise DPError(f"{path}: no longer plans run {run_id} (it plans {got}; made by another engine "

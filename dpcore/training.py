@@ -19,7 +19,7 @@ import time
 import types
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +41,16 @@ COMPILE_MODES = ("auto", "on", "off")
 # lose (AlexNet 0.96x, VGG-11 0.95x, Conv-4 0.96x, ConvNet with BatchNorm 0.8x, ResNet-18 1.06x), and an MLP's
 # time is in matrix products (LeNet 0.75x). Compiling costs ~10-30 s per architecture the first time on a
 # machine (~1-3 s with inductor's on-disk cache; later trainings of the same architecture in a process reuse
-# the graphs): it pays after a few hundred steps at worst. CUDA is not measured yet: "auto" is off there ("on"
-# compiles, and runs the synthetic inner loop as CUDA graphs).
+# the graphs): it pays after a few hundred steps at worst.
+#
+# On CUDA (reasoned, not yet measured: benchmarks/gpu_check.sh measures it), "auto" compiles when triton is
+# there, for every conv net whose training has at least AUTO_COMPILE_MIN_SAMPLES_CUDA sample-steps, and always for
+# the fixed-shape synthetic inner loop. A small net's step on an H100 is a few dozen short kernels, so the launches
+# bound it: inductor fuses the elementwise work (norms, activations, pooling, the optimiser) and the inner loop
+# replays as CUDA graphs. Compiling costs ~30-60 s per architecture and process the first time, reused by every
+# later training of that architecture (each round), so it pays over a run, not within one short training.
 AUTO_COMPILE_MIN_SAMPLES = 20_000
+AUTO_COMPILE_MIN_SAMPLES_CUDA = 200_000  # ~4 epochs of CIFAR-10
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -164,6 +171,11 @@ class FastPath:
             return False
         if self.compile == "on":
             return True
+        if device.type == "cuda":
+            if not compiler_available(device):
+                return False
+            is_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+            return self.cuda_graphs or (is_conv and sample_steps >= AUTO_COMPILE_MIN_SAMPLES_CUDA)
         return (device.type == "cpu" and sample_steps >= AUTO_COMPILE_MIN_SAMPLES and compile_pays_on_cpu(model)
                 and compiler_available(device))
 
@@ -173,22 +185,22 @@ def use_cuda_fast_math(device: torch.device) -> None:
     algorithms), for the whole process. Every training and evaluation on CUDA calls it, so they all run
     alike; it is not undone afterwards, as runs on other threads may be training at the same time."""
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9: the per-backend precision API
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
+        else:  # older torch: the flags that API replaces
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
 
 
-@contextlib.contextmanager
-def memory_format(model: nn.Module, channels_last: bool) -> Iterator[None]:
-    """The model's 4-D parameters in channels-last format inside the block (contiguous again after)."""
-    if not channels_last:
-        yield
-        return
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        model.to(memory_format=torch.contiguous_format)
+def use_memory_format(model: nn.Module, channels_last: bool) -> None:
+    """Put the model's 4-D parameters in channels-last format, once: a model already in it is left alone, and it
+    is never converted back, so its parameters keep their storage from round to round (a CUDA graph recorded on
+    them stays valid) and the masks, made in each parameter's format, match it."""
+    if channels_last and any(p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last)
+                             for p in model.parameters()):
+        model.to(memory_format=torch.channels_last)
 
 
 def _as_input(x: Tensor, channels_last: bool) -> Tensor:
@@ -210,7 +222,11 @@ class _Compiled:
     fn: Callable
     mode: str | None = None
     compiled: Callable | None = None
-    broken: bool = False
+    error: str | None = None  # why compiling failed: the step then runs eagerly for the rest of the process
+
+    @property
+    def broken(self) -> bool:
+        return self.error is not None
 
     def __call__(self, *args):
         if self.broken:
@@ -220,10 +236,9 @@ class _Compiled:
         try:
             return self.compiled(*args)
         except Exception as err:  # noqa: BLE001 - no C++ compiler / triton, an unsupported op: run eagerly
-            self.broken = True
             first = str(err).splitlines()[0] if str(err) else ""
-            warnings.warn(f"torch.compile failed ({type(err).__name__}: {first}); running eagerly",
-                          RuntimeWarning, stacklevel=3)
+            self.error = f"{type(err).__name__}: {first}"
+            warnings.warn(f"torch.compile failed ({self.error}); running eagerly", RuntimeWarning, stacklevel=3)
             return self.fn(*args)
 
 
@@ -282,7 +297,8 @@ class TrainOutcome:
     capture: dict[str, Tensor] | None = None  # state at capture_step, if asked for
     capture_s: float | None = None  # training time spent before the capture (without compile_s)
     compile_s: float = 0.0  # warm-up of a compiled step: its first steps' time beyond the steady per-step time
-    compiled: bool = False  # whether the step ran compiled
+    compiled: bool = False  # whether the step ran compiled (False after a fallback to eager)
+    fallback: str | None = None  # compiling was asked for but failed (the error): the steps ran eagerly
 
 
 class _WarmUp:
@@ -332,68 +348,69 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, schedule: Schedule, seed: i
     loss_fn = compiled_step(_loss, model, "reduce-overhead" if graphed else None) if compiled else _loss
     scaler = torch.amp.GradScaler(device.type) if fast.precision == "fp16" else None
     use_cuda_fast_math(device)
-    with memory_format(model, fast.channels_last):
-        apply_mask = MaskApplier(model, mask) if mask is not None else None
-        if apply_mask:
-            apply_mask()
-        opt = schedule.make_optimizer(model.parameters())
-        aug_gen = device_generator(x.device, derive_seed(seed, "augment", start_step))
-        model.train()
-        capture = None
-        capture_at = None  # (steps done, raw elapsed s) at the capture
-        watch = Stopwatch(device)
-        warm = _WarmUp(device, (3 if graphed else 2) if compiled else 0)
-        step = start_step
-        if capture_step is not None and capture_step == start_step:
-            capture, capture_at = snapshot(model), (0, 0.0)
-        last = None
-        for epoch in range(start_step // per_epoch, schedule.epochs):
-            for group in opt.param_groups:
-                group["lr"] = schedule.lr_at(epoch)
-            order = torch.randperm(n, generator=device_generator(x.device, derive_seed(seed, "epoch", epoch)),
-                                   device=x.device)
-            for b in range(step - epoch * per_epoch, per_epoch):
-                if should_stop is not None and should_stop():
-                    raise Stopped
-                if step <= schedule.warmup_steps:  # inside the warm-up, and the first step after it
-                    for group in opt.param_groups:
-                        group["lr"] = schedule.lr_at(epoch, step)
-                idx = order[b * batch: (b + 1) * batch]
-                xb = prepare(x[idx])
-                if augment is not None:
-                    xb = augment(xb, aug_gen)
-                xb, yb = _as_input(xb, fast.channels_last), y[idx]
-                opt.zero_grad(set_to_none=True)  # before the forward: no gradient outlives its CUDA graph run
-                if graphed:
-                    torch.compiler.cudagraph_mark_step_begin()
-                with fast.autocast(device):
-                    loss = (loss_fn if xb.shape[0] == batch else _loss)(model, xb, yb)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                if apply_mask:
-                    apply_mask()
-                step += 1
-                warm.step()
-                if b == per_epoch - 1:
-                    last = loss.detach().clone() if graphed else loss.detach()  # a graph's output is reused
-                if capture_step is not None and step == capture_step:
-                    capture, capture_at = snapshot(model), (step - start_step, watch.elapsed())
-            if on_epoch is not None and last is not None:
-                on_epoch(epoch + 1, schedule.epochs, last)
-                last = None
-        total = watch.elapsed()
+    use_memory_format(model, fast.channels_last)
+    apply_mask = MaskApplier(model, mask) if mask is not None else None
+    if apply_mask:
+        apply_mask()
+    opt = schedule.make_optimizer(model.parameters())
+    aug_gen = device_generator(x.device, derive_seed(seed, "augment", start_step))
+    model.train()
+    capture = None
+    capture_at = None  # (steps done, raw elapsed s) at the capture
+    watch = Stopwatch(device)
+    warm = _WarmUp(device, (3 if graphed else 2) if compiled else 0)
+    step = start_step
+    if capture_step is not None and capture_step == start_step:
+        capture, capture_at = snapshot(model), (0, 0.0)
+    last = None
+    for epoch in range(start_step // per_epoch, schedule.epochs):
+        for group in opt.param_groups:
+            group["lr"] = schedule.lr_at(epoch)
+        order = torch.randperm(n, generator=device_generator(x.device, derive_seed(seed, "epoch", epoch)),
+                               device=x.device)
+        for b in range(step - epoch * per_epoch, per_epoch):
+            if should_stop is not None and should_stop():
+                raise Stopped
+            if step <= schedule.warmup_steps:  # inside the warm-up, and the first step after it
+                for group in opt.param_groups:
+                    group["lr"] = schedule.lr_at(epoch, step)
+            idx = order[b * batch: (b + 1) * batch]
+            xb = prepare(x[idx])
+            if augment is not None:
+                xb = augment(xb, aug_gen)
+            xb, yb = _as_input(xb, fast.channels_last), y[idx]
+            opt.zero_grad(set_to_none=True)  # before the forward: no gradient outlives its CUDA graph run
+            if graphed:
+                torch.compiler.cudagraph_mark_step_begin()
+            with fast.autocast(device):
+                loss = (loss_fn if xb.shape[0] == batch else _loss)(model, xb, yb)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            if apply_mask:
+                apply_mask()
+            step += 1
+            warm.step()
+            if b == per_epoch - 1:
+                last = loss.detach().clone() if graphed else loss.detach()  # a graph's output is reused
+            if capture_step is not None and step == capture_step:
+                capture, capture_at = snapshot(model), (step - start_step, watch.elapsed())
+        if on_epoch is not None and last is not None:
+            on_epoch(epoch + 1, schedule.epochs, last)
+            last = None
+    total = watch.elapsed()
     compile_s, steady = warm.split(total, step - start_step)
     capture_s = None
     if capture_at is not None:
         done, raw = capture_at
         capture_s = done * steady if done <= len(warm.times) else max(0.0, raw - compile_s)
+    fallback = loss_fn.error if isinstance(loss_fn, _Compiled) else None
     return TrainOutcome(train_s=total - compile_s, steps=step, capture=capture, capture_s=capture_s,
-                        compile_s=compile_s, compiled=compiled)
+                        compile_s=compile_s, compiled=compiled and fallback is None, fallback=fallback)
 
 
 @torch.no_grad()
@@ -414,15 +431,15 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, prepare: Callable[[Tenso
     full = min(batch_size, n)
     forward = compiled_step(_logits, model) if fast.compile == "on" else _logits
     use_cuda_fast_math(device)
-    with memory_format(model, fast.channels_last):
-        for i in range(0, n, batch_size):
-            xb = _as_input(prepare(x[i: i + batch_size]), fast.channels_last)
-            yb = y[i: i + batch_size]
-            with fast.autocast(device):
-                logits = (forward if xb.shape[0] == full else _logits)(model, xb)
-            logits = logits.float()
-            correct += (logits.argmax(1) == yb).sum()
-            loss += F.cross_entropy(logits, yb, reduction="sum")
+    use_memory_format(model, fast.channels_last)
+    for i in range(0, n, batch_size):
+        xb = _as_input(prepare(x[i: i + batch_size]), fast.channels_last)
+        yb = y[i: i + batch_size]
+        with fast.autocast(device):
+            logits = (forward if xb.shape[0] == full else _logits)(model, xb)
+        logits = logits.float()
+        correct += (logits.argmax(1) == yb).sum()
+        loss += F.cross_entropy(logits, yb, reduction="sum")
     model.train(was_training)
     acc_sum, loss_sum = torch.stack([correct.double(), loss.double()]).tolist()  # the one read
     return acc_sum / n, loss_sum / n

@@ -34,6 +34,9 @@ def main_command(ctx: typer.Context,
                  out: Optional[Path] = typer.Option(None, "--out", help="folder for the exported tables (headless)"),
                  run_ids: Optional[list[str]] = typer.Option(
                      None, "--run-id", help="run only these runs of the experiment (repeatable; see `dptui runs`)"),
+                 jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=0,
+                                                    help="runs at once on this machine, each in its own process "
+                                                         "(sets run.jobs; 0 = auto)"),
                  executor: Optional[str] = typer.Option(None, "--executor",
                                                         help="local or ray (sets run.executor)"),
                  ray_address: Optional[str] = typer.Option(None, "--ray-address",
@@ -46,6 +49,7 @@ def main_command(ctx: typer.Context,
     from dpcore.profiles import load_profile
 
     extra = [f"run.executor={json.dumps(executor)}"] if executor is not None else []
+    extra += [f"run.jobs={jobs}"] if jobs is not None else []
     extra += [f"run.ray_address={json.dumps(ray_address)}"] if ray_address is not None else []
     cfg, _ = load_profile(profile, [*(overrides or []), *extra])
     if headless:
@@ -92,7 +96,7 @@ def cluster_command(ray_address: Optional[str] = typer.Option(None, "--ray-addre
     import json
     import os
 
-    from dpcore.executors.ray_cluster import cluster_status
+    from dpcore.executors.ray import cluster_status
 
     address = ray_address or os.environ.get("RAY_ADDRESS") or "auto"
     status = cluster_status(address)

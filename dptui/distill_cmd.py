@@ -41,7 +41,7 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
                 as_json: bool, compile: Optional[bool] = None, variant: Optional[str] = None) -> dict[str, Any]:
     import torch
 
-    from dpcore.engine import apply_threads
+    from dpcore.parallel import set_threads
     from dpcore.synthetic import save_synthetic
     from dpcore.synthetic.provider import synthetic_cache_dir
     from dpcore.synthetic.workflow import choose_source, evaluate_set, make_set
@@ -54,7 +54,7 @@ def run_distill(profile: str, method: Optional[str], ipc: Optional[int], overrid
     say = console.print if console.is_terminal and not as_json else (lambda *a, **k: None)
     wall = time.perf_counter()
     device = resolve_device(cfg.run.device)
-    apply_threads(cfg)
+    set_threads(cfg.run.threads)
     check_runs_dir(runs_dir)
     say(f"loading {cfg.data.dataset}" + (" (ZCA)" if cfg.data.zca else "") + f" on {device} ...")
     ds = load_data(cfg, data_root, device)

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from dpcore.errors import ConfigError
+from dpcore.results import RunResults
 
 from .interrupt import catch_ctrl_c
 
@@ -38,29 +39,28 @@ def _html_tables(tables) -> str:
     return doc.split("</h1>", 1)[1].rsplit("</body>", 1)[0]
 
 
-def _runs_line(res: dict) -> str:
-    rows = res.get("rounds", [])
-    last = f", {len(rows)} rounds to {100 * rows[-1]['sparsity']:.1f}% sparsity" if rows else ""
-    return (f"{res['method']} seed {res['seed']} ({res.get('experiment', '')}: {res.get('dataset', '')}/"
-            f"{res.get('model', '')} on {res.get('device', '')}, rewind k={res.get('rewind', {}).get('k', 0)}{last}, "
-            f"{res.get('status', '')}) — run {res['run_id']}")
+def _runs_line(res: RunResults) -> str:
+    last = f", {len(res.rounds)} rounds to {100 * res.last.sparsity:.1f}% sparsity" if res.last else ""
+    return (f"{res.label} seed {res.seed} ({res.experiment}: {res.dataset}/{res.model} on {res.device}, "
+            f"rewind k={res.rewind.k if res.rewind else 0}{last}, {res.status}) — run {res.run_id}")
 
 
 def write_report(runs, out: Path, title: str) -> list[Path]:
-    from dpcore.analysis.aggregate import mask_overlaps, report_tables
+    """``runs``: :func:`dpcore.analysis.aggregate.load_runs`'s (results, run directory) pairs."""
+    from dpcore.analysis.aggregate import as_loaded, mask_overlaps, report_tables
     from dpcore.analysis.figures import overlap_figure, write_figures
     from dpcore.store import atomic_write_text
     from dpcore.summary import METHOD_ORDER, label_runs
 
     from .export import to_html, to_markdown
 
+    runs = as_loaded(runs)
     tables = report_tables(runs)
     figures = {f.name: f for f in write_figures([res for res, _ in runs], out / "figures")}
     overlap = overlap_figure(mask_overlaps(runs), out / "figures")
     if overlap is not None:
         figures[overlap.name] = overlap
-    labelled = sorted(label_runs([res for res, _ in runs]),
-                      key=lambda r: (METHOD_ORDER.get(r["base_method"], 9), r["method"], r["seed"]))
+    labelled = sorted(label_runs([res for res, _ in runs]), key=lambda r: (METHOD_ORDER.get(r.method, 9), r.label, r.seed))
     intro = ["Runs compared (mean ± std over seeds in every table; the best seed is marked in the Seeds table "
              "and drawn bold in the figures):"] + [f"- {_runs_line(r)}" for r in labelled]
     md, body = [f"# {title}", "", *intro, ""], [f"<p>{html.escape(intro[0])}</p><ul>"
@@ -94,7 +94,7 @@ def report_command(run_dirs: list[Path] = typer.Argument(..., help="run director
     from dpcore.analysis.aggregate import load_runs
 
     runs = load_runs(run_dirs)
-    exps = sorted({res.get("experiment", "") for res, _ in runs})
+    exps = sorted({res.experiment for res, _ in runs})
     written = write_report(runs, out, title or f"dptui report: {', '.join(exps)}")
     Console(highlight=False).print(f"report: {out}/report.md, {out}/report.html "
                                    f"({len(written) - 2} figure files in {out}/figures)")
@@ -115,33 +115,21 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
                     data_root: Optional[str] = typer.Option(None, "--data-root", help="folder holding the datasets"),
                     device: Optional[str] = typer.Option(None, "--device", help="override the run's device (cpu, cuda)")) -> None:
     """Run the instability analysis / weight histograms on an existing run; results go into its results.json."""
-    from dataclasses import replace
-
-    from dpcore.config import config_from_dict, to_dict
-    from dpcore.engine import Run, apply_threads, plan_runs
-    from dpcore.validate import load_data, resolve_device
     from dpcore.events import AnalysisDone, fan_out
-    from dpcore.run_config import load_run_config
+    from dpcore.experiment import Experiment
     from dpcore.summary import instability_table
 
     from .export import to_rich
     from .headless import LiveDisplay
 
-    spec = load_run_config(run_dir)
-    method, seed, variant = spec.method, spec.seed, spec.variant
-    raw = to_dict(spec.cfg)
-    analysis = {**raw["analysis"], "instability_rounds": parse_ints("--rounds", rounds),
-                "instability_rewinds": parse_ints("--rewinds", rewinds), "alphas": alphas,
-                "bn_recompute": bn_recompute, "histogram_rounds": parse_ints("--histograms", histograms),
+    analysis = {"instability_rounds": parse_ints("--rounds", rounds), "instability_rewinds": parse_ints("--rewinds", rewinds),
+                "alphas": alphas, "bn_recompute": bn_recompute, "histogram_rounds": parse_ints("--histograms", histograms),
                 "figures": figures}
-    if device:
-        raw["run"] = {**raw["run"], "device": device}
-    cfg = config_from_dict({**raw, "analysis": analysis}, where="dptui analyze")
-    dev = resolve_device(cfg.run.device)
-    apply_threads(cfg)
+    exp = Experiment.of_run(run_dir, analysis=analysis, device=device, data_root=data_root)
+    (plan,) = exp.plans
     console = Console(highlight=False)
     display = LiveDisplay(console, 1)
-    display.label = f"{method}{' ' + variant if variant else ''} seed {seed}"
+    display.label = f"{plan.label} seed {plan.seed}"
 
     def on_done(ev) -> None:
         if isinstance(ev, AnalysisDone) and ev.analysis == "instability":
@@ -150,16 +138,13 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
                           f"instability {100 * r['instability']:.2f} pp, end accs "
                           + "/".join(f"{100 * a:.2f}%" for a in r["end_acc"]))
 
-    dataset = load_data(cfg, data_root, dev)
-    (plan,) = plan_runs(cfg, dev)  # other analyses (or device): another identity, but the same run
-    plan = replace(plan, run_id=spec.run_id)
+    exp.check()
     stop, restore_sigint = catch_ctrl_c(console)
-    run = Run(cfg, plan, dataset, run_dir.parent, sink=fan_out(display, on_done), should_stop=stop.is_set)
     from dpcore.training import Stopped
 
     try:
         with display.progress:
-            results = run.run_analyses(cfg.analysis)
+            results = exp.analyze(sink=fan_out(display, on_done), should_stop=stop.is_set)
     except Stopped:
         console.print("stopped; finished analyses are saved, rerun to do the rest")
         raise typer.Exit(130)
@@ -168,7 +153,7 @@ def analyze_command(run_dir: Path = typer.Argument(..., help="the run's director
     table = instability_table([results])
     if table.rows:
         console.print(to_rich(table))
-    if results.get("figures"):
+    if results.figures:
         console.print(f"figures: {run_dir}/figures/")
 
 

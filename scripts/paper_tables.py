@@ -7,10 +7,11 @@ of each method and synthetic source at chosen rounds, and the time-to-mask / tim
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+from dpcore.results import RunResults, load_results
 
 
 def mean_std(xs: list[float]) -> str:
@@ -27,30 +28,30 @@ def main() -> int:
     parser.add_argument("--rounds", default="3,7,10")
     args = parser.parse_args()
     rounds = [int(r) for r in args.rounds.split(",")]
-    groups: dict[str, list[dict]] = defaultdict(list)
+    groups: dict[str, list[RunResults]] = defaultdict(list)
     for path in sorted(args.runs.glob("*/results.json")):
-        res = json.loads(path.read_text())
-        if res.get("experiment") == args.experiment and res.get("status") == "done":
-            groups[f"{res['method']} {res.get('variant', '')}".strip()].append(res)
-    dense = sorted({r["seed"]: r["dense"]["test_acc"] for rs in groups.values() for r in rs}.items())
+        res = load_results(path)
+        if res is not None and res.experiment == args.experiment and res.status == "done":
+            groups[res.label].append(res)
+    dense = sorted({r.seed: r.dense.test_acc for rs in groups.values() for r in rs if r.dense}.items())
     print(f"dense: {mean_std([100 * a for _, a in dense])} (seeds {[s for s, _ in dense]})\n")
-    sp = {r: next(iter(groups.values()))[0]["rounds"][r - 1]["sparsity"] for r in rounds}
+    sp = {r: next(iter(groups.values()))[0].rounds[r - 1].sparsity for r in rounds}
     print("| method / source | " + " | ".join(f"{100 * sp[r]:.1f}%" for r in rounds) + " |")
     print("|---|" + "---:|" * len(rounds))
     for name, rs in groups.items():
-        cells = [mean_std([100 * x["rounds"][r - 1]["val_acc"] for x in rs]) for r in rounds]
+        cells = [mean_std([100 * x.rounds[r - 1].val_acc for x in rs]) for r in rounds]
         print(f"| {name} (n={len(rs)}) | " + " | ".join(cells) + " |")
     print()
     print("| method / source | time-to-distill s | " + " | ".join(
         f"t2m {100 * sp[r]:.1f}% s (+ validation)" for r in rounds) + " |")
     print("|---|---:|" + "---:|" * len(rounds))
     for name, rs in groups.items():
-        distill = [x["synthetic"]["distill_s"] for x in rs if x.get("synthetic") and x["synthetic"].get("distill_s")]
+        distill = [x.distill_s for x in rs if x.distill_s]
         made = max(distill) if distill else None
         cells = []
         for r in rounds:
-            t = statistics.mean(x["rounds"][r - 1]["time_to_mask_s"] for x in rs)
-            v = statistics.mean(x["rounds"][r - 1]["time_to_mask_validated_s"] for x in rs)
+            t = statistics.mean(x.rounds[r - 1].time_to_mask_s for x in rs)
+            v = statistics.mean(x.rounds[r - 1].time_to_mask_validated_s for x in rs)
             cells.append(f"{t:.0f} ({v:.0f})")
         print(f"| {name} | {'-' if made is None else f'{made:.0f}'} | " + " | ".join(cells) + " |")
     return 0

@@ -35,7 +35,7 @@ SMALL = ["run.seeds=[0]", "run.device=\"cpu\"", "prune.rounds=4", "train.epochs=
 
 def build_store(runs: Path) -> None:
     from dpcore.config import Config
-    from dpcore.engine import run_experiment
+    from dpcore.experiment import run_experiment
     from dpcore.profiles import load_profile
 
     extra = ["analysis.instability_rounds=[2]"] if "analysis" in {f.name for f in fields(Config)} else []
@@ -56,7 +56,7 @@ def start_side_runs(runs: Path):
     """A launch that fails (missing data file) and a live run; returns (launcher, failing id, live id)."""
     from dpcore.profiles import load_profile
     from dptui.app.follow import StoreScanner
-    from dptui.app.launcher import Launcher
+    from dptui.launches.launcher import Launcher
     from dptui.app.model import build_view
 
     launcher = Launcher(runs, gpu_count=0)
@@ -73,7 +73,7 @@ def start_side_runs(runs: Path):
     wait("the failing run", lambda: view(bad_id).status == "failed")
     live, _ = load_profile("quickstart", SMALL + ['prune.methods=["imp"]', "run.seeds=[1]", "prune.rounds=12",
                                                   "train.epochs=4"])
-    _, (live_id,) = launcher.launch(live, ["cpu"])  # after it: the CPU slot takes one run at a time
+    _, (live_id,) = launcher.launch(live, ["cpu"])  # after it: the failing run has left its CPU place
     print("waiting for two rounds of the live run...", flush=True)
     wait("the live run", lambda: len(view(live_id).rows) >= 2 and view(live_id).status == "running")
     return launcher, bad_id, live_id
@@ -120,7 +120,7 @@ async def shoot(runs: Path, bad_id: str, live_id: str) -> list[str]:
         save("compare-speedup")
         app.pop_screen()
         order = {"distilled": 0, "imp": 1}
-        with_curves = sorted((rid for rid in done if app.views[rid].results.get("instability")),
+        with_curves = sorted((rid for rid in done if app.views[rid].results.instability),
                              key=lambda r: order.get(app.views[r].method, 9))
         app.open_interpolation((with_curves or done)[0])
         await settle()
@@ -138,14 +138,10 @@ async def shoot(runs: Path, bad_id: str, live_id: str) -> list[str]:
 
 async def shoot_distillers(runs: Path, profile: str) -> list[str]:
     """Compare over the runs of a distiller-comparison profile already in ``runs`` (real results)."""
-    import torch
-
-    from dpcore.engine import plan_runs
-    from dpcore.profiles import load_profile
+    from dpcore.experiment import Experiment
     from dptui.app import make_app
 
-    cfg, _ = load_profile(profile)
-    ids = [p.run_id for p in plan_runs(cfg, torch.device("cpu"))]
+    ids = [p.run_id for p in Experiment.from_profile(profile, ["run.device=\"cpu\""], runs_dir=runs).plans]
     app = make_app(runs, blink=False, poll_s=0.3, follow_s=0.2, gpu_count=0)
     saved = []
     async with app.run_test(size=SIZE) as pilot:
@@ -175,7 +171,7 @@ async def shoot_ray(runs: Path) -> list[str]:
 
     from dpcore.profiles import load_profile
     from dptui.app import make_app
-    from dptui.app.launcher import RAY_SLOT, Launcher
+    from dptui.launches.launcher import RAY_SLOT, Launcher
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)

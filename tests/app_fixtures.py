@@ -178,7 +178,7 @@ class FakeLauncher:
     """Records what the app asks for; ``fake_entries`` are the launch records it reports."""
 
     def __init__(self, runs_dir: Path, gpu_count: int = 0):
-        from dptui.app.launcher import Launcher
+        from dptui.launches.launcher import Launcher
 
         self.real = Launcher(runs_dir, gpu_count=gpu_count)
         self.calls: list[tuple] = []
@@ -189,6 +189,9 @@ class FakeLauncher:
 
     def plan(self, cfg, slots):
         return self.real.plan(cfg, slots)
+
+    def capacity(self, cfg, slots):
+        return self.real.capacity(cfg, slots)
 
     def launch(self, cfg, slots, only=None):
         self.calls.append(("launch", cfg, list(slots), only))
@@ -219,7 +222,7 @@ def make_test_app(runs: Path, **kw):
 
 def launch_entry(run_id: str, runs: Path, state: str = "running", **kw):
     """A launch record as the launcher reports it (default: running, its process alive)."""
-    from dptui.app.launcher import LaunchEntry
+    from dptui.launches.launcher import LaunchEntry
 
     fields = dict(pid=4242, slot="cpu", runner_alive=True, pid_alive=state == "running")
     fields.update(kw)

@@ -53,6 +53,7 @@ validate = "every"
 [run]
 seeds = [0]
 device = "cpu"
+jobs = 1  # one run at a time, in the test's process (tests of run.jobs > 1 set it)
 """
 
 

@@ -13,7 +13,8 @@ from conftest import TINY_PROFILE, make_npz
 from dpcore.analysis.instability import Hooks, instability_analysis, interpolate, recompute_bn
 from dpcore.analysis.weights import jaccard, random_jaccard, weight_histograms
 from dpcore.config import Config
-from dpcore.engine import Run, plan_runs, run_experiment, run_identity
+from dpcore.engine import Run, run_identity
+from dpcore.experiment import Experiment, run_experiment
 from dpcore.validate import load_data
 from dpcore.errors import ConfigError
 from dpcore.events import AnalysisDone, RoundStarted, StageStarted
@@ -140,7 +141,7 @@ def test_analysis_section_is_validated_and_keeps_run_ids(tmp_path):
 def test_extra_rewind_point_replays_the_dense_training(tmp_path):
     cfg = tiny(tmp_path, "prune.rewind=1", "prune.methods=['imp']")
     ds = load_data(cfg, None, torch.device("cpu"))
-    run = Run(cfg, plan_runs(cfg, ds.device)[0], ds, tmp_path / "runs")
+    run = Run(cfg, Experiment(cfg, tmp_path / "runs", device="cpu").plans[0], ds, tmp_path / "runs")
     run.dir.create({})
     run.results = run.new_results([])
     model, init, dense = run.start_point()
@@ -170,12 +171,12 @@ def analysed(tmp_path_factory):
 
 def test_run_with_analysis_writes_instability_histograms_and_figures(analysed):
     runs, first, second, events = analysed
-    assert first[0]["status"] == "stopped" and len(first[0]["rounds"]) == 3 and "instability" not in first[0]
-    resumed = [e for e in events if e.run_id == first[0]["run_id"]]
+    assert first[0].status == "stopped" and len(first[0].rounds) == 3 and first[0].instability is None
+    resumed = [e for e in events if e.run_id == first[0].run_id]
     assert not any(isinstance(e, RoundStarted) for e in resumed)  # the resume only ran the missing analyses
     assert any(isinstance(e, AnalysisDone) and e.analysis == "instability" for e in resumed)
     for res in second:
-        on_disk = json.loads((runs / res["run_id"] / "results.json").read_text())
+        on_disk = json.loads((runs / res.run_id / "results.json").read_text())
         assert on_disk["status"] == "done"
         (entry,) = on_disk["instability"]
         assert entry["round"] == 2 and entry["rewind"] == {"k": 0, "unit": "epoch", "step": 0}
@@ -183,12 +184,12 @@ def test_run_with_analysis_writes_instability_histograms_and_figures(analysed):
         assert entry["sparsity"] == pytest.approx(0.36) and 0 <= entry["instability"] <= 1
         assert entry["test_acc"][0] == entry["end_acc"][0] and entry["test_acc"][-1] == entry["end_acc"][1]
         assert [h["round"] for h in on_disk["weight_histograms"]["rounds"]] == [1, 3]
-        mask3 = RunDir(runs, res["run_id"]).load_mask(3)
+        mask3 = RunDir(runs, res.run_id).load_mask(3)
         kept = on_disk["weight_histograms"]["rounds"][1]["layers"]
         assert {n: h["kept"] for n, h in kept.items()} == {n: int(m.sum()) for n, m in mask3.items()}
         for name in ("accuracy_vs_sparsity", "time_to_mask", "interpolation", "weight_histograms", "layer_sparsity"):
             for ext in ("png", "svg"):
-                path = runs / res["run_id"] / "figures" / f"{name}.{ext}"
+                path = runs / res.run_id / "figures" / f"{name}.{ext}"
                 assert path.stat().st_size > 1000, path
                 assert f"figures/{name}.{ext}" in on_disk["figures"]
     again = []
@@ -206,15 +207,15 @@ def dptui(*args):
 def test_report_of_two_runs_has_both_methods_tables_and_figures(analysed, tmp_path):
     runs, _, second, _ = analysed
     out = tmp_path / "report"
-    proc = dptui("report", *(str(runs / r["run_id"]) for r in second), "--out", str(out))
+    proc = dptui("report", *(str(runs / r.run_id) for r in second), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     for text in (md, page):
         assert "imp" in text and "distilled" in text
         for title in ("Rounds", "Instability", "Layer sparsity", "Initial weights of survivors", "Mask overlap", "Seeds"):
             assert title in text
-    imp = next(r for r in second if r["method"] == "imp")
-    cell = f"{100 * imp['instability'][0]['instability']:.2f}"
+    imp = next(r for r in second if r.method == "imp")
+    cell = f"{100 * imp.instability[0]['instability']:.2f}"
     assert "| imp | 2 | 36.00 | k=0 |" in md and cell in md.split("## Instability")[1].split("##")[0]
     for name in ("accuracy_vs_sparsity", "interpolation", "weight_histograms", "mask_overlap"):
         assert f"figures/{name}.png" in md and f"figures/{name}.svg" in page
@@ -225,7 +226,7 @@ def test_report_of_two_runs_has_both_methods_tables_and_figures(analysed, tmp_pa
 
 def test_analyze_command_adds_rewind_points_to_an_existing_run(analysed):
     runs, _, second, _ = analysed
-    run = runs / next(r for r in second if r["method"] == "distilled")["run_id"]
+    run = runs / next(r for r in second if r.method == "distilled").run_id
     proc = dptui("analyze", str(run), "--rounds", "1", "--rewinds", "0,1", "--alphas", "5", "--no-figures")
     assert proc.returncode == 0, proc.stderr
     entries = json.loads((run / "results.json").read_text())["instability"]

@@ -7,7 +7,7 @@ from textual_plotext import PlotextPlot
 
 from app_fixtures import (CIFAR, DIST0, DIST1, IMP0, IMP1, RAND0, demo_store, make_test_app, on_screen, round_row,
                           run_async, screen_text, settled, wait_for)
-from dpcore.summary import experiment_tables
+from dpcore.summary import experiment_tables, headline_lines
 from dptui.app.compare_screen import curves, t2m_summary
 from dptui.app.model import build_view
 from dptui.app.widgets import RowTable
@@ -63,13 +63,17 @@ async def test_compare_plots_the_runs_shows_time_to_mask_and_the_speedup_table(t
     async with app.run_test(size=(100, 30)) as pilot:
         await open_screen(app, pilot, lambda: app.open_compare(DEMO), "CompareScreen")
         await shows(app, pilot, "Compare  5 runs: demo")
-        assert "distilled 3.71x faster than imp at 48.80%" in screen_text(app)
-        plot = app.screen.query_one(PlotextPlot)
-        assert "imp" in plot.plt.build() and "distilled" in plot.plt.build()
         results = [json.loads((runs / r / "results.json").read_text()) for r in DEMO]
         results = [{**r, "status": r["status"]} for r in results]
-        rounds, speedup = experiment_tables(results)[:2]  # (then the Failed runs table: imp s1 failed)
+        rounds, headline, speedup = experiment_tables(results)[:3]  # (then the Failed runs table: imp s1 failed)
+        line, floor = headline_lines(headline)  # the headline, from the same row model as the tables
+        assert line.startswith("distilled: the 48.8% mask 3.7x faster than imp (") and floor.startswith("random: ")
+        assert "distilled: the 48.8% mask 3.7x faster than imp" in screen_text(app)
+        plot = app.screen.query_one(PlotextPlot)
+        assert "imp" in plot.plt.build() and "distilled" in plot.plt.build()
         assert app.screen.current_table().title == rounds.title
+        await pilot.press("t")
+        assert app.screen.current_table().title == headline.title
         await pilot.press("t")
         assert app.screen.current_table().title == speedup.title
         assert len(app.screen.query_one(RowTable).keys) == len(speedup.rows) == 3

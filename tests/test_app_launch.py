@@ -5,6 +5,7 @@ import pytest
 from textual.widgets import Input, OptionList, SelectionList, Static
 
 from app_fixtures import make_test_app, on_screen, run_async, screen_text, wait_for, write_run
+from dpcore import parallel
 from dpcore.errors import ConfigError
 from dpcore.profiles import load_profile
 
@@ -124,12 +125,16 @@ async def test_devices_one_slot_per_gpu(tmp_path, tiny_profile):
         await open_launch(app, pilot)
         devices = app.screen.query_one("#devices", SelectionList)
         assert devices.selected == ["gpu0", "gpu1"] and app.screen.slots() == ["gpu0", "gpu1"]
-        assert "on GPU 0, GPU 1" in status(app)
+        assert "on GPU 0, GPU 1, 1 at once on each" in status(app)  # the tiny profile's run.jobs = 1
         devices.deselect_all()
         await status_is(app, pilot, "✗ pick at least one device")
         devices.select("cpu")
-        await status_has(app, pilot, "on CPU")
+        cores = parallel.cpu_count()
+        await status_has(app, pilot, f"on CPU, 1 at once ({cores} thread{'s' if cores != 1 else ''} each)")
         assert app.screen.slots() == ["cpu"]
+        field(app, "run.jobs").value = "2"  # the places follow the form, with the cores split between them
+        two = parallel.capacity("cpu", 2, 0)
+        await status_has(app, pilot, f"on CPU, 2 at once ({two.threads} thread{'s' if two.threads != 1 else ''} each)")
         await pilot.press("escape")
         await wait_for(pilot, lambda: on_screen(app, "RunsScreen"), what="the runs screen")
 
@@ -143,7 +148,7 @@ async def test_picking_another_profile_shows_its_settings(tmp_path, tiny_profile
         profiles.highlighted = [o.id for o in profiles.options].index("quickstart")
         await wait_for(pilot, lambda: form_ready(app, "quickstart"), what="quickstart's form")
         quickstart = load_profile("quickstart")[0]
-        assert field(app, "data.dataset").value == "mnist-embedded" == quickstart.data.dataset
+        assert field(app, "data.dataset").value == "mnist" == quickstart.data.dataset
         assert field(app, "prune.rounds").value == str(quickstart.prune.rounds)
         assert "quickstart" in screen_text(app)
         profiles.highlighted = [o.id for o in profiles.options].index(str(tiny_profile))  # and back

@@ -8,10 +8,12 @@ import pytest
 from app_fixtures import DIST1, IMP0, demo_store, write_run
 from dpcore.events import EpochProgress, RoundDone, RunStarted
 from dpcore.profiles import parse_override
-from dptui.app.follow import EventFollower, Mailbox, RunFollower, StoreScanner, tail_lines
+from dpcore.results import RoundRow, RunResults
+from dptui.app.follow import EventFollower, Mailbox, RunFollower, StoreScanner
 from dptui.app.launch_screen import toml_literal
-from dptui.app.launcher import LaunchEntry, last_error
 from dptui.app.model import RunLive, build_view, effective_status, runs_listing
+from dptui.launches.launcher import LaunchEntry, last_error
+from dptui.launches.logs import tail_lines
 
 
 def line(ev) -> str:
@@ -80,7 +82,7 @@ def test_effective_status_reconciles_files_and_processes(results, live_status, e
         live = RunLive("r")
         live.status = live_status
         live.error = (results or {}).get("error")
-    assert effective_status(results, live, ent) == expect
+    assert effective_status(None if results is None else RunResults.from_json(results), live, ent) == expect
 
 
 def test_mailbox_coalesces_a_burst_into_one_message():
@@ -94,7 +96,7 @@ def test_scanner_rereads_results_only_when_they_change(tmp_path, monkeypatch):
     demo_store(tmp_path)
     scanner = StoreScanner(tmp_path)
     first = scanner.scan()
-    assert len(first.results) == 6 and first.results[IMP0]["status"] == "done"
+    assert len(first.results) == 6 and first.results[IMP0].status == "done"
     reads = []
     real = StoreScanner._read
     monkeypatch.setattr(StoreScanner, "_read", staticmethod(lambda p: reads.append(p) or real(p)))
@@ -102,7 +104,7 @@ def test_scanner_rereads_results_only_when_they_change(tmp_path, monkeypatch):
     assert reads == [] and again.signature == first.signature and again.results[IMP0] is first.results[IMP0]
     write_run(tmp_path, DIST1, method="distilled", seed=1, status="done", rounds=3)
     third = scanner.scan()
-    assert [p.parent.name for p in reads] == [DIST1] and third.results[DIST1]["status"] == "done"
+    assert [p.parent.name for p in reads] == [DIST1] and third.results[DIST1].status == "done"
     assert third.signature != first.signature
 
 
@@ -124,7 +126,7 @@ def test_runs_listing_is_a_row_model_table(tmp_path):
     views = [build_view(k, v, None, None) for k, v in snap.results.items()]
     table = runs_listing(views)
     row = next(r for r in table.rows if r["run_id"] == IMP0)
-    assert row["progress"] == "3/3" and row["best_val"] == max(r["val_acc"] for r in snap.results[IMP0]["rounds"])
+    assert row["progress"] == "3/3" and row["best_val"] == max(r.val_acc for r in snap.results[IMP0].rounds)
     assert abs(row["sparsity"] - (1 - 0.8 ** 3)) < 1e-9
 
 
@@ -166,9 +168,10 @@ def test_instability_table_is_the_reports_table_of_the_well_formed_entries():
     res = {"run_id": "r", "method": "distilled", "seed": 0, "rounds": [],
            "instability": good + [{"round": 9, "alphas": [0, 1], "test_acc": [0.5]},  # lengths differ
                                   {**good[0], "round": 4, "rewind": None}]}  # no rewind point
-    assert [(i["round"], i["rewind_text"]) for i in instability_items(res)] == [(1, "k=0"), (2, "k=0"), (3, "k=0")]
-    table = instability_table(res)
-    assert table.rows == report_table([{**res, "instability": good}]).rows
+    typed = RunResults.from_json(res)
+    assert [(i["round"], i["rewind_text"]) for i in instability_items(typed)] == [(1, "k=0"), (2, "k=0"), (3, "k=0")]
+    table = instability_table(typed)
+    assert table.rows == report_table([RunResults.from_json({**res, "instability": good})]).rows
     assert [(r["round"], r["rewind"], round(r["instability"].mean, 2)) for r in table.rows] == \
         [(1, "k=0", 0.02), (2, "k=0", 0.04), (3, "k=0", 0.06)]
 
@@ -194,4 +197,5 @@ def test_a_variant_run_is_listed_and_logged_with_its_synthetic_source():
     assert live.log[0].startswith("[    0.0s] distilled gm ipc10 seed 0")
     (row,) = runs_listing([view]).rows
     assert row["method"] == "distilled gm ipc10"
-    assert view.results_for_tables()["variant"] == "gm ipc10"
+    assert view.results_for_tables().variant == "gm ipc10"
+    assert view.rows == [RoundRow(round=1, sparsity=0.2, val_acc=0.9, time_to_mask_s=1.0)]  # the event's row, typed

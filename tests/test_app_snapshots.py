@@ -27,9 +27,12 @@ device = "cpu"
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    """The demo store at ./runs (so the app shows a relative path) and one profile in ./profiles."""
+    """The demo store at ./runs (so the app shows a relative path) and one profile in ./profiles, on a machine
+    of 2 cores (the Launch screen shows how many runs go at once)."""
+    import dpcore.parallel
     import dpcore.profiles
 
+    monkeypatch.setattr(dpcore.parallel, "cpu_count", lambda: 2)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "demo.toml").write_text(PROFILE)

@@ -33,6 +33,11 @@ def test_headless_end_to_end_prints_and_exports_tables(tmp_path, tiny_profile):
     out = proc.stdout
     assert "Rounds" in out and "Speed-up of distilled over imp" in out
     assert "time-to-distill" in out
+    # The headline: each method against imp at the deepest round both validated, from the Headline table's row.
+    line = next(ln for ln in out.splitlines() if ln.startswith("headline distilled: the 48.8% mask "))
+    assert "faster than imp (" in line and "with its validation)" in line
+    assert line.endswith(("points below", "points above", "the same accuracy"))
+    assert any(ln.startswith("headline random: ") and ln.endswith(" imp at 48.8%") for ln in out.splitlines())
     exports = list((runs / "experiments").iterdir())
     assert len(exports) == 1
     folder = exports[0]
@@ -40,7 +45,11 @@ def test_headless_end_to_end_prints_and_exports_tables(tmp_path, tiny_profile):
         assert (folder / name).stat().st_size > 0
     rows = list(csv.DictReader((folder / "rounds.csv").open()))
     assert [r["method"] for r in rows] == ["dense"] + ["imp"] * 3 + ["distilled"] * 3 + ["random"] * 3
-    table = json.loads((folder / "summary.json").read_text())[0]
+    tables = json.loads((folder / "summary.json").read_text())
+    headline = next(t for t in tables if t["title"] == "Headline")
+    assert [r["method"] for r in headline["rows"]] == ["distilled", "random"]
+    assert headline["rows"][0]["round"] == 3 and headline["rows"][1]["speedup"] is None
+    table = tables[0]
     # Every export carries the same numbers: CSV value == JSON value == the Markdown cell.
     imp3 = next(r for r in table["rows"] if r["method"] == "imp" and r["round"] == 3)
     csv3 = next(r for r in rows if r["method"] == "imp" and r["round"] == "3")

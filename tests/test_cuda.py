@@ -44,7 +44,7 @@ def test_training_on_cuda_learns_and_pruned_weights_stay_zero():
 
 
 def test_a_stopped_cuda_run_resumes_to_identical_masks(tmp_path, tiny_profile):
-    from dpcore.engine import run_experiment
+    from dpcore.experiment import run_experiment
 
     cfg, _ = load_profile(str(tiny_profile), ["run.device='cuda'", "prune.methods=['imp', 'distilled']"])
     full = run_experiment(cfg, tmp_path / "full")
@@ -56,10 +56,10 @@ def test_a_stopped_cuda_run_resumes_to_identical_masks(tmp_path, tiny_profile):
 
     run_experiment(cfg, tmp_path / "part", sink=sink, should_stop=stop.is_set)
     resumed = run_experiment(cfg, tmp_path / "part")
-    assert [r["status"] for r in resumed] == ["done", "done"] and all(r["device"].startswith("cuda") for r in resumed)
+    assert [r.status for r in resumed] == ["done", "done"] and all(r.device.startswith("cuda") for r in resumed)
     for a, b in zip(full, resumed):
-        for r in range(1, len(a["rounds"]) + 1):
-            ma, mb = RunDir(tmp_path / "full", a["run_id"]).load_mask(r), RunDir(tmp_path / "part", b["run_id"]).load_mask(r)
+        for r in range(1, len(a.rounds) + 1):
+            ma, mb = RunDir(tmp_path / "full", a.run_id).load_mask(r), RunDir(tmp_path / "part", b.run_id).load_mask(r)
             assert all(torch.equal(ma[n], mb[n]) for n in ma)
 
 
@@ -85,7 +85,7 @@ def test_every_distiller_runs_on_cuda(tmp_path, tiny_npz, method, params):
 
 
 def test_the_dashboards_device_slots_see_every_gpu(tmp_path):
-    from dptui.app.launcher import Launcher
+    from dptui.launches.launcher import Launcher
 
     launcher = Launcher(tmp_path)
     assert launcher.device_slots() == [f"gpu{i}" for i in range(torch.cuda.device_count())]

@@ -110,13 +110,22 @@ def test_idx_errors(tmp_path):
     (raw / "train-images-idx3-ubyte").write_bytes(b"\x12\x34" + data[2:])
     with pytest.raises(DataError, match="magic"):
         read_idx(raw / "train-images-idx3-ubyte")
-    with pytest.raises(DataError) as err:
-        load_dataset("mnist", tmp_path / "nowhere")
+    with pytest.raises(DataError) as err:  # (mnist itself falls back to the package's copy: see below)
+        load_dataset("fashion-mnist", tmp_path / "nowhere")
     msg = str(err.value)
     assert "\n" not in msg and "--data-root" in msg and "train-images-idx3-ubyte" in msg
     (raw / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(DataError, match="incomplete"):
         load_dataset("mnist", tmp_path)
+
+
+def test_mnist_without_a_data_root_is_the_package_copy_of_all_of_it(tmp_path):
+    ds = load_dataset("mnist", tmp_path / "nowhere")  # no MNIST files there: the copy shipped in the package
+    assert ds.name == "mnist" and tuple(ds.x_train.shape) == (60000, 1, 28, 28) and ds.x_test.shape[0] == 10000
+    assert torch.bincount(ds.y_train).tolist()[:2] == [5923, 6742]  # MNIST's own class counts
+    raw = tmp_path / "MNIST" / "raw"
+    _write_mnist(raw)
+    assert load_dataset("mnist", tmp_path).x_train.shape[0] < 60000  # files under the root win
 
 
 def test_unknown_name():

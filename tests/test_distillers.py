@@ -338,7 +338,8 @@ def test_distill_bad_synthetic_file_is_one_line_exit_2(tmp_path, tiny_profile, k
 def test_train_on_synthetic_matches_the_engine_recipe(tmp_path, tiny_profile):
     """The shared function trains exactly as ``Run.train_synthetic`` does (so the engine can call it)."""
     from dpcore.config import to_dict
-    from dpcore.engine import Run, plan_runs
+    from dpcore.engine import Run
+    from dpcore.experiment import Experiment
     from dpcore.validate import load_data
     from dpcore.masks import full_mask
     from dpcore.profiles import load_profile
@@ -346,7 +347,7 @@ def test_train_on_synthetic_matches_the_engine_recipe(tmp_path, tiny_profile):
     from dpcore.training import derive_seed, snapshot
 
     cfg, _ = load_profile(str(tiny_profile), ["synthetic.epochs=3"])
-    plan = next(p for p in plan_runs(cfg, torch.device("cpu")) if p.method == "distilled")
+    plan = next(p for p in Experiment(cfg, tmp_path / "runs", device="cpu").plans if p.method == "distilled")
     data = load_data(cfg, None, torch.device("cpu"))
     run = Run(cfg, plan, data, tmp_path / "runs")
     syn = DISTILLERS["random-subset"].distill(data, ipc=2, seed=0, params={})

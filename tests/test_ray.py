@@ -19,14 +19,13 @@ import torch
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from dpcore.engine import run_experiment  # noqa: E402
+from dpcore.experiment import run_experiment  # noqa: E402
 from dpcore.events import RoundDone  # noqa: E402
-from dpcore.executors import run_experiment_on  # noqa: E402
 from dpcore.profiles import load_profile  # noqa: E402
 from dpcore.safe_load import safe_torch_load  # noqa: E402
 from app_fixtures import on_screen, run_async, screen_text, settled, wait_for  # noqa: E402
 from dptui.app import make_app  # noqa: E402
-from dptui.app.launcher import RAY_SLOT  # noqa: E402
+from dptui.launches.launcher import RAY_SLOT  # noqa: E402
 from textual.widgets import SelectionList, Static  # noqa: E402
 
 TIMING = {"inner_train_s", "prune_s", "val_train_s", "compile_s", "time_to_mask_s", "time_to_mask_validated_s"}
@@ -93,9 +92,9 @@ def test_ray_runs_equal_local_runs_and_spread_over_nodes(cluster, tiny_profile, 
     local, remote = tmp_path / "local", tmp_path / "ray"
     run_experiment(cfg, local)
     seen = []
-    results = run_experiment_on(profile_cfg(tiny_profile, 'run.executor="ray"'), remote, sink=seen.append)
+    results = run_experiment(profile_cfg(tiny_profile, 'run.executor="ray"'), remote, sink=seen.append)
 
-    assert len(results) == 6 and {r["status"] for r in results} == {"done"}
+    assert len(results) == 6 and {r.status for r in results} == {"done"}
     want, got = runs_of(local), runs_of(remote)
     assert want.keys() == got.keys()  # the same run ids: the executor is not part of a run's identity
     for rid in want:
@@ -113,8 +112,8 @@ def test_ray_runs_equal_local_runs_and_spread_over_nodes(cluster, tiny_profile, 
     assert len(list((remote / "cache" / "dense").glob("*.pt"))) == 2
     assert len([d for d in (remote / "cache" / "synthetic").iterdir() if (d / "images_best.pt").exists()]) == 1
     # A second call finds every run done in the driver's store and submits nothing.
-    again = run_experiment_on(profile_cfg(tiny_profile, 'run.executor="ray"'), remote)
-    assert [r["run_id"] for r in again] == [r["run_id"] for r in results]
+    again = run_experiment(profile_cfg(tiny_profile, 'run.executor="ray"'), remote)
+    assert [r.run_id for r in again] == [r.run_id for r in results]
 
 
 def test_a_failing_run_fails_alone(cluster, tiny_profile, tmp_path):
@@ -134,12 +133,12 @@ params = { iterations = 3, batch_real = 16, lr_img = 1e38 }
     path = tmp_path / "fails.toml"
     path.write_text(text)
     cfg, _ = load_profile(str(path), ["run.threads=1", 'run.executor="ray"'])
-    results = {(r["method"], r.get("variant", "")): r for r in run_experiment_on(cfg, tmp_path / "store")}
-    assert results[("imp", "")]["status"] == "done"
-    assert results[("distilled", "dm ipc2")]["status"] == "done"
+    results = {(r.method, r.variant): r for r in run_experiment(cfg, tmp_path / "store")}
+    assert results[("imp", "")].status == "done"
+    assert results[("distilled", "dm ipc2")].status == "done"
     bad = results[("distilled", "diverging")]
-    assert bad["status"] == "failed" and "lr_img" in bad["error"]
-    assert events(tmp_path / "store" / bad["run_id"])[-1]["kind"] == "run_failed"
+    assert bad.status == "failed" and "lr_img" in bad.error
+    assert events(tmp_path / "store" / bad.run_id)[-1]["kind"] == "run_failed"
 
 
 def test_cli_runs_on_ray_and_shows_the_cluster(cluster, tiny_profile, tmp_path):

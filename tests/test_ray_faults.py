@@ -8,9 +8,8 @@ import pytest
 ray = pytest.importorskip("ray")
 from test_ray import events, profile_cfg, runs_of, same_masks, same_rounds, start_cluster  # noqa: E402
 
-from dpcore.engine import run_experiment  # noqa: E402
+from dpcore.experiment import run_experiment  # noqa: E402
 from dpcore.events import RoundDone, RunStarted  # noqa: E402
-from dpcore.executors import run_experiment_on  # noqa: E402
 
 
 def test_a_node_killed_mid_run_resumes_elsewhere_with_identical_results(tiny_profile, tmp_path, monkeypatch):
@@ -42,13 +41,13 @@ def test_a_node_killed_mid_run_resumes_elsewhere_with_identical_results(tiny_pro
                            "run.seeds=[0]", 'run.executor="ray"')
         run_experiment(profile_cfg(tiny_profile, "prune.rounds=4", 'prune.methods=["imp", "random", "distilled"]',
                                    "run.seeds=[0]"), local)
-        results = run_experiment_on(cfg3, remote, sink=sink)
+        results = run_experiment(cfg3, remote, sink=sink)
     finally:
         ray.shutdown()
         c.shutdown()
     assert killed, "no run was placed on the victim node"
     rid = killed[0]
-    assert {r["status"] for r in results} == {"done"}
+    assert {r.status for r in results} == {"done"}
     got, want = runs_of(remote), runs_of(local)
     for run_id in got:
         same_rounds(want[run_id], got[run_id])

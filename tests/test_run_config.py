@@ -1,10 +1,9 @@
 """dpcore.run_config: a run's config rebuilt from its directory plans exactly that run again."""
 
 import pytest
-import torch
 
 from dpcore.config import to_dict
-from dpcore.engine import plan_runs, run_experiment
+from dpcore.experiment import Experiment, run_experiment
 from dpcore.errors import DPError
 from dpcore.profiles import load_profile
 from dpcore.run_config import RunSpec, load_run_config
@@ -13,12 +12,12 @@ FAST = ["prune.rounds=1", "train.epochs=1"]
 
 
 def check_round_trip(runs, res) -> RunSpec:
-    spec = load_run_config(runs / res["run_id"])
-    (plan,) = plan_runs(spec.cfg, torch.device(spec.device))
-    assert plan.run_id == spec.run_id == spec.plan.run_id == res["run_id"]
-    assert (spec.method, spec.seed, spec.variant) == (res["method"], res["seed"], res.get("variant", ""))
-    assert (plan.method, plan.seed, plan.variant) == (res["method"], res["seed"], res.get("variant", ""))
-    assert spec.cfg.run.seeds == [res["seed"]] and spec.cfg.prune.methods == [res["method"]]
+    spec = load_run_config(runs / res.run_id)
+    (plan,) = Experiment(spec.cfg, spec.run_dir.parent, device=spec.device).plans
+    assert plan.run_id == spec.run_id == spec.plan.run_id == res.run_id
+    assert (spec.method, spec.seed, spec.variant) == (res.method, res.seed, res.variant)
+    assert (plan.method, plan.seed, plan.variant) == (res.method, res.seed, res.variant)
+    assert spec.cfg.run.seeds == [res.seed] and spec.cfg.prune.methods == [res.method]
     assert spec.device == "cpu" and spec.cfg.run.device == "cpu"
     return spec
 
@@ -39,7 +38,7 @@ def test_a_synthetic_variant_run_keeps_its_source_and_label(tmp_path, tiny_profi
     cfg, _ = load_profile(str(tiny_profile), [*FAST, variants, "prune.methods=['distilled']"])
     runs = tmp_path / "runs"
     results = run_experiment(cfg, runs)
-    assert sorted(r["variant"] for r in results) == ["dm-3", "random-subset ipc2"]
+    assert sorted(r.variant for r in results) == ["dm-3", "random-subset ipc2"]
     for res in results:
         spec = check_round_trip(runs, res)
         assert spec.plan.synthetic is not None and len(spec.cfg.synthetic.variants) == 1
@@ -67,13 +66,13 @@ def test_a_config_toml_that_does_not_name_its_run_or_plans_another_is_refused(tm
     cfg, _ = load_profile(str(tiny_profile), [*FAST, "prune.methods=['random']"])
     runs = tmp_path / "runs"
     (res,) = run_experiment(cfg, runs)
-    path = runs / res["run_id"] / "config.toml"
+    path = runs / res.run_id / "config.toml"
     text = path.read_text()
-    path.write_text(text.replace(f'run_id = "{res["run_id"]}"', ""))
+    path.write_text(text.replace(f'run_id = "{res.run_id}"', ""))
     with pytest.raises(DPError) as err:
         load_run_config(path.parent)
     assert "has no run.run_id" in one_line(err) and str(path) in str(err.value)
     path.write_text(text.replace("lr = 0.002", "lr = 0.003"))  # another config: another run id
     with pytest.raises(DPError) as err:
         load_run_config(path.parent)
-    assert f"no longer plans run {res['run_id']}" in one_line(err)
+    assert f"no longer plans run {res.run_id}" in one_line(err)

@@ -25,7 +25,7 @@ import torch
 
 from conftest import TINY_PROFILE, make_npz
 from dpcore.config import config_from_dict
-from dpcore.engine import plan_runs, run_experiment
+from dpcore.experiment import Experiment, run_experiment
 from dpcore.errors import ConfigError
 from dpcore.events import RoundDone, RunStarted
 from dpcore.profiles import load_profile
@@ -182,9 +182,9 @@ def logged_run(tmp_path_factory, profile, offline_env, one_thread):
     with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         (res,) = run_experiment(cfg, runs, sink=seen.append)
-    assert res["status"] == "done"
+    assert res.status == "done"
     assert not [str(w.message) for w in caught if str(w.message).startswith("run.log:")]  # no sink stopped
-    run_dir = runs / res["run_id"]
+    run_dir = runs / res.run_id
     results = json.loads((run_dir / "results.json").read_text())
     return cfg, run_dir, results, seen, printed.getvalue()
 
@@ -265,7 +265,7 @@ def test_run_log_is_not_part_of_the_run_id(profile, logged_run):
     cfg, _ = load_profile(str(profile))
     logged, _ = load_profile(str(profile), [LOGS])
     cpu = torch.device("cpu")
-    plain, with_log = plan_runs(cfg, cpu), plan_runs(logged, cpu)
+    plain, with_log = Experiment(cfg, device=cpu.type).plans, Experiment(logged, device=cpu.type).plans
     assert [p.run_id for p in plain] == [p.run_id for p in with_log]
     assert [p.identity for p in plain] == [p.identity for p in with_log]
     _, run_dir, _, _, _ = logged_run  # the logged run's folder is the id it has without run.log
@@ -357,9 +357,9 @@ def test_a_failed_run_closes_its_sinks(monkeypatch, tmp_path, profile, offline_e
     cfg, _ = load_profile(str(profile), ["prune.methods=['random']", LOGS])
     with contextlib.redirect_stdout(io.StringIO()):
         (res,) = run_experiment(cfg, tmp_path / "runs")
-    assert res["status"] == "failed"
+    assert res.status == "failed"
     assert [type(s).__name__ for s in made] == ["TensorBoardSink", "WandbSink"] and all(s.closed for s in made)
-    run_dir = tmp_path / "runs" / res["run_id"]
+    run_dir = tmp_path / "runs" / res.run_id
     assert "_hparams_/session_start_info" in tensorboard_run(run_dir / "tensorboard").PluginTagToContent("hparams")
     records = finished_records(run_dir)
     assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [1]
@@ -370,6 +370,6 @@ def test_a_finished_run_run_again_writes_no_new_logs(logged_run):
     cfg, run_dir, _, _, _ = logged_run
     before = sorted(p.name for p in (run_dir / "tensorboard").iterdir())
     (res,) = run_experiment(cfg, run_dir.parent)
-    assert res["status"] == "done"
+    assert res.status == "done"
     assert sorted(p.name for p in (run_dir / "tensorboard").iterdir()) == before
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1

@@ -3,6 +3,7 @@ the plain loop, report compile warm-up apart, validate, and enter a run's identi
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 
@@ -77,27 +78,41 @@ def test_masked_weights_stay_exactly_zero(precision, channels_last, compile):
     assert all(p.is_contiguous() for p in model.parameters())  # channels_last is undone afterwards
 
 
+def compiled_graphs() -> tuple[int, int]:
+    """(frames dynamo compiled, distinct graphs it built) in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["total"], counters["stats"]["unique_graphs"]
+
+
 def test_compile_on_and_off_agree_and_warm_up_is_reported_apart():
     ds = learnable(16)
-    states, outs = [], []
+    states, outs, graphs = [], [], []
     for compile in ("off", "on"):
         model = convnet(6)  # a width no other test compiles: this process compiles it here
         mask = masked(model)
+        before = compiled_graphs()
         t = time.perf_counter()
         outs.append(train(model, ds.x_train, ds.y_train, schedule=Schedule("sgd", 0.02, 3, 16), seed=1,
                           prepare=ds.prepare, mask=mask, fast=FastPath(compile=compile)))
         outs[-1].wall = time.perf_counter() - t
+        graphs.append(tuple(b - a for a, b in zip(before, compiled_graphs())))
         states.append({k: v.clone() for k, v in model.state_dict().items()})
     for k in states[0]:
         torch.testing.assert_close(states[1][k], states[0][k], rtol=1e-4, atol=1e-5)
     off, on = outs
     assert not off.compiled and off.compile_s == 0 and on.compiled and on.steps == off.steps == 12
-    assert on.compile_s > 10 * on.train_s  # compiling dominates this tiny training, and is not in train_s
+    assert graphs[0] == (0, 0) and graphs[1][0] >= 1 and graphs[1][1] >= 1  # only "on" compiled
+    step = training.compiled_step(training._loss, model)  # the process's compiled step for this architecture
+    assert step.compiled is not None and not step.broken
+    assert on.compile_s > 0 and on.train_s > 0  # the warm-up is timed apart from the training
     assert on.train_s + on.compile_s <= on.wall
     model = convnet(6)  # the same architecture again: the process's graphs are reused, no new warm-up
+    before = compiled_graphs()
     again = train(model, ds.x_train, ds.y_train, schedule=Schedule("sgd", 0.02, 3, 16), seed=1, prepare=ds.prepare,
                   mask=masked(model), fast=FastPath(compile="on"))
-    assert again.compile_s < on.compile_s / 10
+    assert again.compiled and compiled_graphs() == before  # nothing compiled: the graphs were reused
+    assert training.compiled_step(training._loss, model) is step
     for k, v in model.state_dict().items():  # and a seeded compiled training on the CPU is reproducible
         assert torch.equal(v, states[1][k]), k
 
@@ -156,3 +171,38 @@ def test_a_set_fast_path_changes_the_run_id_and_the_default_does_not():
         assert ident != base and ident["train"][key] == value, key  # under train: the dense baseline's key too
     explicit = replace(cfg, run=replace(cfg.run, precision="fp32", channels_last=False, compile="auto"))
     assert run_identity(explicit, "imp", 0, cpu) == base
+
+
+def test_a_compile_fallback_is_recorded_in_the_round_rows_and_said_once_by_headless(monkeypatch, tmp_path, tiny_profile):
+    """A planted compile failure: the steps run eagerly, every round row says compiled = false, and the headless
+    output names the run and the error once (never a "compiled" timing that was eager)."""
+    from typer.testing import CliRunner
+
+    import dpcore.training as training
+    from dptui.cli import app
+
+    def planted(fn, **kwargs):
+        def fails(*args):
+            raise RuntimeError("planted: no C++ compiler")
+        return fails
+
+    monkeypatch.setattr(training, "_COMPILED", {})  # no compiled step of an earlier test is reused
+    monkeypatch.setattr(torch, "compile", planted)
+    runs = tmp_path / "r"
+    result = CliRunner().invoke(app, ["--headless", "--profile", str(tiny_profile), "--runs-dir", str(runs),
+                                      "--set", "prune.methods=['imp']", "--set", "run.compile='on'"])
+    assert result.exit_code == 0, result.output
+    (res,) = [json.loads(p.read_text()) for p in runs.glob("*/results.json")]
+    assert [row["compiled"] for row in res["rounds"]] == [False, False, False]
+    warned = [ln for ln in result.output.splitlines() if "torch.compile failed in round" in ln]
+    assert len(warned) == 1 and "RuntimeError: planted: no C++ compiler" in warned[0] and "ran eagerly" in warned[0]
+    events = [json.loads(ln) for ln in (runs / res["run_id"] / "events.jsonl").read_text().splitlines()]
+    assert [e["round"] for e in events if e["kind"] == "compile_fallback"] == [1]
+
+
+def test_rounds_that_ran_compiled_say_so(tmp_path, tiny_profile):
+    from dpcore.experiment import Experiment
+
+    (plain,) = Experiment.from_profile(str(tiny_profile), ["prune.methods=['random']"], runs_dir=tmp_path / "a").run()
+    assert all(row.compiled is None for row in plain.rounds)  # no compile asked for: nothing written
+    assert "compiled" not in json.loads((tmp_path / "a" / plain.run_id / "results.json").read_text())["rounds"][0]

@@ -10,12 +10,13 @@ from itertools import combinations
 from pathlib import Path
 
 from ..errors import DPError
+from ..results import ResultsError, RunResults, as_results
 from ..store import RUN_ID, RunDir, read_json
 from ..summary import (Table, _group, distill_note, histogram_table, instability_table, label_runs,
                        layer_sparsity_table, overlap_table, rounds_table, seeds_table, speedup_table, ticket_table)
 from .weights import jaccard, random_jaccard
 
-Loaded = list[tuple[dict, RunDir]]
+Loaded = list[tuple[RunResults, RunDir]]
 
 
 def load_runs(paths: list[Path]) -> Loaded:
@@ -31,9 +32,13 @@ def load_runs(paths: list[Path]) -> Loaded:
         else:
             raise DPError(f"{path}: no such run directory")
         for d in dirs:
-            res = read_json(d / "results.json")
-            if not isinstance(res, dict) or "method" not in res or "rounds" not in res:
+            data = read_json(d / "results.json")
+            if not isinstance(data, dict) or "method" not in data or "rounds" not in data:
                 raise DPError(f"{d / 'results.json'}: not a dptui results file")
+            try:
+                res = RunResults.from_json(data)
+            except ResultsError as err:
+                raise DPError(f"{d / 'results.json'}: not a dptui results file ({err})") from None
             out.append((res, RunDir(d.parent, d.name)))
     seen = set()
     for res, run in out:
@@ -43,20 +48,25 @@ def load_runs(paths: list[Path]) -> Loaded:
     return out
 
 
+def as_loaded(runs: list[tuple[RunResults | dict, RunDir]]) -> Loaded:
+    """``runs`` with each results as :class:`RunResults` (a results dict is read with :meth:`RunResults.from_json`)."""
+    return [(as_results(res), run) for res, run in runs]
+
+
 def mask_overlaps(runs: Loaded) -> list[dict]:
     """Jaccard of the masks of every two methods at every common round, pairing runs of the same seed
     (and the same dataset and model)."""
-    labelled = label_runs([res for res, _ in runs])
-    by: dict[str, dict[tuple, tuple[dict, RunDir]]] = {}
+    labelled = label_runs([res for res, _ in as_loaded(runs)])
+    by: dict[str, dict[tuple, tuple[RunResults, RunDir]]] = {}
     for lab, (_, run) in zip(labelled, runs):
-        by.setdefault(lab["method"], {})[(lab["seed"], lab.get("dataset"), lab.get("model"))] = (lab, run)
+        by.setdefault(lab.label, {})[(lab.seed, lab.dataset, lab.model)] = (lab, run)
     order = list(_group(labelled))
     records = []
     for a, b in combinations(order, 2):
         for key in sorted(set(by[a]) & set(by[b]), key=str):
             (ra, da), (rb, db) = by[a][key], by[b][key]
-            common = sorted({r["round"] for r in ra["rounds"]} & {r["round"] for r in rb["rounds"]})
-            sparsity = {r["round"]: r["sparsity"] for r in ra["rounds"]}
+            common = sorted({r.round for r in ra.rounds} & {r.round for r in rb.rounds})
+            sparsity = {r.round: r.sparsity for r in ra.rounds}
             for rnd in common:
                 ma, mb = da.load_mask(rnd), db.load_mask(rnd)
                 if ma.keys() != mb.keys():
@@ -67,13 +77,15 @@ def mask_overlaps(runs: Loaded) -> list[dict]:
 
 
 def report_tables(runs: Loaded) -> list[Table]:
-    """Every table of the report, in order; tables with nothing to show are left out."""
+    """Every table of the report, in order; tables with nothing to show are left out. ``runs``:
+    :func:`load_runs`'s (a results dict in place of a :class:`RunResults` is read with its ``from_json``)."""
+    runs = as_loaded(runs)
     results = label_runs([res for res, _ in runs])
     tables = [rounds_table(results)]
     note = distill_note(results)
     if note:
         tables[0].notes.append(note)
-    groups = {m: runs_[0].get("base_method") for m, runs_ in _group(results).items()}
+    groups = {m: runs_[0].method for m, runs_ in _group(results).items()}
     for base in (m for m, b in groups.items() if b == "imp"):
         for other in (m for m, b in groups.items() if b == "distilled"):
             tables.append(speedup_table(results, method=other, baseline=base))

@@ -1,4 +1,5 @@
-"""Publication figures from results dicts: PNG (200 dpi) and SVG of each, matplotlib's Agg canvas only.
+"""Publication figures from runs' results (:class:`~dpcore.results.RunResults`): PNG (200 dpi) and SVG of each,
+matplotlib's Agg canvas only.
 
 Multi-seed convention, the same in every figure: a thin line is the mean over seeds with a shaded
 +-1 std band, and the method's best seed (:func:`dpcore.summary.best_seeds`, the highest validated
@@ -15,6 +16,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 
+from ..results import RunResults, as_results
 from ..summary import Stat, _group, _round_rows, best_seeds, label_runs
 
 STYLE = {"font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "legend.fontsize": 7.5,
@@ -89,39 +91,40 @@ def mean_and_best(ax, x: list[float], stats: list[Stat | None], best: tuple[list
                 label=f"{label} (seed {seed})" if seed is not None and seed_in_label else label)
 
 
-def _per_round(runs: list[dict], key: str, scale: float = 1.0) -> tuple[list[float], list[Stat | None]]:
+def _per_round(runs: list[RunResults], key: str, scale: float = 1.0) -> tuple[list[float], list[Stat | None]]:
+    """Per round: mean sparsity and the Stat of the rows' field ``key`` (a :class:`RoundRow` field)."""
     rows = sorted(_round_rows(runs).items())
-    return ([sum(r["sparsity"] for r in rs) / len(rs) for _, rs in rows],
-            [_scaled(Stat.of([r.get(key) for r in rs]), scale) for _, rs in rows])
+    return ([sum(r.sparsity for r in rs) / len(rs) for _, rs in rows],
+            [_scaled(Stat.of([getattr(r, key) for r in rs]), scale) for _, rs in rows])
 
 
 def _scaled(s: Stat | None, k: float) -> Stat | None:
     return None if s is None else Stat(s.mean * k, s.std * k, s.n)
 
 
-def _best_run(runs: list[dict], seed: int | None) -> dict | None:
-    return next((r for r in runs if r["seed"] == seed), None)
+def _best_run(runs: list[RunResults], seed: int | None) -> RunResults | None:
+    return next((r for r in runs if r.seed == seed), None)
 
 
-def _best_series(run: dict | None, key: str, scale: float = 1.0) -> tuple[list[float], list[float]] | None:
+def _best_series(run: RunResults | None, key: str, scale: float = 1.0) -> tuple[list[float], list[float]] | None:
     if run is None:
         return None
-    pts = [(r["sparsity"], r[key] * scale) for r in run.get("rounds", []) if r.get(key) is not None]
+    pts = [(r.sparsity, getattr(r, key) * scale) for r in run.rounds if getattr(r, key) is not None]
     return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
 
 
-def _seed_of(runs: list[dict], best: dict[str, int], method: str) -> int | None:
-    return best.get(method, runs[0]["seed"] if len(runs) == 1 else None)
+def _seed_of(runs: list[RunResults], best: dict[str, int], method: str) -> int | None:
+    return best.get(method, runs[0].seed if len(runs) == 1 else None)
 
 
-def accuracy_figure(results: list[dict], out_dir: Path) -> FigureFile | None:
+def accuracy_figure(results: list[RunResults], out_dir: Path) -> FigureFile | None:
     groups = _group(results)
-    if not any(r.get("val_acc") is not None for res in results for r in res.get("rounds", [])):
+    if not any(r.val_acc is not None for res in results for r in res.rounds):
         return None
     best, col = best_seeds(results), colors(list(groups))
     fig = Figure(figsize=(6.0, 3.8))
     ax = fig.add_subplot()
-    per_seed = {r["seed"]: r["dense"]["test_acc"] for r in results if r.get("dense")}
+    per_seed = {r.seed: r.dense.test_acc for r in results if r.dense}
     dense = Stat.of(list(per_seed.values()))
     if dense:
         ax.axhline(100 * dense.mean, color="black", lw=1.2,
@@ -144,9 +147,9 @@ def accuracy_figure(results: list[dict], out_dir: Path) -> FigureFile | None:
                       save(fig, out_dir, "accuracy_vs_sparsity"))
 
 
-def time_figure(results: list[dict], out_dir: Path) -> FigureFile | None:
+def time_figure(results: list[RunResults], out_dir: Path) -> FigureFile | None:
     groups = _group(results)
-    if not any(res.get("rounds") for res in results):
+    if not any(res.rounds for res in results):
         return None
     best, col = best_seeds(results), colors(list(groups))
     fig = Figure(figsize=(6.0, 3.8))
@@ -171,16 +174,16 @@ def time_figure(results: list[dict], out_dir: Path) -> FigureFile | None:
                       save(fig, out_dir, "time_to_mask"))
 
 
-def interpolation_figure(results: list[dict], out_dir: Path) -> FigureFile | None:
+def interpolation_figure(results: list[RunResults], out_dir: Path) -> FigureFile | None:
     panels: dict[tuple[str, str], dict[int, list[tuple[int, dict]]]] = {}
     best = best_seeds(results)
     for method, runs in _group(results).items():
         for res in runs:
-            for e in res.get("instability", []):
+            for e in res.instability or []:
                 rw = e["rewind"]
                 where = f"rewind k={rw['k']}" + ("" if rw["unit"] == "epoch" else " steps") + \
                         (" +BN" if e.get("bn_recompute") else "") + f", {len(e['alphas'])} alphas"
-                panels.setdefault((method, where), {}).setdefault(e["round"], []).append((res["seed"], e))
+                panels.setdefault((method, where), {}).setdefault(e["round"], []).append((res.seed, e))
     if not panels:
         return None
     cols = min(3, len(panels))
@@ -218,14 +221,14 @@ def interpolation_figure(results: list[dict], out_dir: Path) -> FigureFile | Non
                       "a dip below the ends = instability to SGD noise.", save(fig, out_dir, "interpolation"))
 
 
-def histogram_figure(results: list[dict], out_dir: Path) -> FigureFile | None:
-    groups = {m: [r for r in runs if r.get("weight_histograms")] for m, runs in _group(results).items()}
+def histogram_figure(results: list[RunResults], out_dir: Path) -> FigureFile | None:
+    groups = {m: [r for r in runs if r.weight_histograms] for m, runs in _group(results).items()}
     groups = {m: runs for m, runs in groups.items() if runs}
     if not groups:
         return None
-    ref = next(iter(groups.values()))[0]["weight_histograms"]
+    ref = next(iter(groups.values()))[0].weight_histograms
     layers = list(ref["layers"])
-    rounds = sorted({h["round"] for runs in groups.values() for r in runs for h in r["weight_histograms"]["rounds"]})
+    rounds = sorted({h["round"] for runs in groups.values() for r in runs for h in r.weight_histograms["rounds"]})
     col = colors(list(groups))
     fig = Figure(figsize=(3.0 * len(rounds), 2.1 * len(layers)))
     axes = fig.subplots(len(layers), len(rounds), squeeze=False)
@@ -243,7 +246,7 @@ def histogram_figure(results: list[dict], out_dir: Path) -> FigureFile | None:
             for method, runs in groups.items():
                 dens = []
                 for res in runs:
-                    h = next((x for x in res["weight_histograms"]["rounds"] if x["round"] == rnd), None)
+                    h = next((x for x in res.weight_histograms["rounds"] if x["round"] == rnd), None)
                     if h is None or h["layers"][name]["kept"] == 0:
                         continue
                     sparsity = h["sparsity"]
@@ -274,29 +277,28 @@ def histogram_figure(results: list[dict], out_dir: Path) -> FigureFile | None:
                       save(fig, out_dir, "weight_histograms"))
 
 
-def layer_sparsity_figure(results: list[dict], out_dir: Path) -> FigureFile | None:
-    groups = {m: runs for m, runs in _group(results).items() if any(r.get("rounds") for r in runs)}
+def layer_sparsity_figure(results: list[RunResults], out_dir: Path) -> FigureFile | None:
+    groups = {m: runs for m, runs in _group(results).items() if any(r.rounds for r in runs)}
     if not groups:
         return None
     best = best_seeds(results)
     fig = Figure(figsize=(3.4 * len(groups), 3.0))
     axes = fig.subplots(1, len(groups), squeeze=False, sharey=True)
     for ax, (method, runs) in zip(axes[0], groups.items()):
-        layers = list(runs[0]["rounds"][0].get("layer_sparsity", {}))
+        layers = list(runs[0].rounds[0].layers)
         seed = _seed_of(runs, best, method)
         bestrun = _best_run(runs, seed)
         for i, name in enumerate(layers):
             rows = sorted(_round_rows(runs).items())
             x = [rnd for rnd, _ in rows]
-            stats = [_scaled(Stat.of([r["layer_sparsity"].get(name) for r in rs]), 100.0) for _, rs in rows]
-            b = ([r["round"] for r in bestrun["rounds"]], [100 * r["layer_sparsity"][name] for r in bestrun["rounds"]]) \
-                if bestrun else None
+            stats = [_scaled(Stat.of([r.layers.get(name) for r in rs]), 100.0) for _, rs in rows]
+            b = ([r.round for r in bestrun.rounds], [100 * r.layers[name] for r in bestrun.rounds]) if bestrun else None
             mean_and_best(ax, x, stats, b, PALETTE[i % len(PALETTE)], name.removesuffix(".weight"), seed,
                           seed_in_label=False)
         x, stats = [], []
         for rnd, rs in sorted(_round_rows(runs).items()):
             x.append(rnd)
-            stats.append(Stat.of([100 * r["sparsity"] for r in rs]))
+            stats.append(Stat.of([100 * r.sparsity for r in rs]))
         ax.plot(x, [s.mean for s in stats], "k--", lw=1.0, label="whole net")
         n = len(runs)
         ax.set_title(f"{method} (seed {seed})" if n == 1 else f"{method}: mean ± std of {n} seeds, bold: best seed {seed}",
@@ -312,13 +314,13 @@ def layer_sparsity_figure(results: list[dict], out_dir: Path) -> FigureFile | No
                       "the whole net.", save(fig, out_dir, "layer_sparsity"))
 
 
-def landscape_figure(results: list[dict], out_dir: Path) -> FigureFile | None:
+def landscape_figure(results: list[RunResults], out_dir: Path) -> FigureFile | None:
     """Contours of the 2-D loss slices of the trained tickets: one panel per method and round (best seed)."""
     best = best_seeds(results)
     panels = []
     for method, runs in _group(results).items():
         run = _best_run(runs, _seed_of(runs, best, method))
-        for e in (run or {}).get("landscape") or []:
+        for e in (run.landscape if run else None) or []:
             panels.append((method, e))
     if not panels:
         return None
@@ -366,7 +368,7 @@ def overlap_figure(records: list[dict], out_dir: Path) -> FigureFile | None:
                       save(fig, out_dir, "mask_overlap"))
 
 
-def write_figures(results: list[dict], out_dir: Path) -> list[FigureFile]:
+def write_figures(results: list[RunResults], out_dir: Path) -> list[FigureFile]:
     """Every figure the results have data for, into ``out_dir`` (runs labelled by :func:`label_runs`)."""
     results = label_runs(results)
     out = []
@@ -379,6 +381,7 @@ def write_figures(results: list[dict], out_dir: Path) -> list[FigureFile]:
     return out
 
 
-def run_figures(results: dict, out_dir: Path) -> list[Path]:
-    """One run's figures (the engine's ``[analysis] figures = true``)."""
-    return [p for f in write_figures([results], out_dir) for p in f.paths]
+def run_figures(results: RunResults | dict, out_dir: Path) -> list[Path]:
+    """One run's figures (the engine's ``[analysis] figures = true``; its results dict, until the engine keeps
+    :class:`RunResults`, is read with :meth:`RunResults.from_json` here)."""
+    return [p for f in write_figures([as_results(results)], out_dir) for p in f.paths]

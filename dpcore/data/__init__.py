@@ -112,14 +112,22 @@ def load_dataset(
     fashion-mnist / cifar10 / cifar100 (the folder holding ``MNIST/raw/``, ``FashionMNIST/raw/``,
     ``cifar-10-python.tar.gz`` or ``cifar-10-batches-py/``, ...; the dataset's own folder or archive
     works too). ``path`` is the image folder (``imagefolder``) or ``.npz`` file (``npz``).
-    "mnist-embedded" ignores both. With ``zca=True`` the images become float32 ZCA-whitened
+    "mnist-embedded" ignores both; "mnist" reads the package's own copy of MNIST when ``root`` holds no MNIST
+    IDX files (the same 70,000 images, so the same runs). With ``zca=True`` the images become float32 ZCA-whitened
     tensors (fitted on the [0, 1]-scaled train split, eps 0.1, as MTT) and ``whitened`` is True.
     """
+    from dpcore.data.idx import has_idx
+
     key = _canonical(name)
     if key == "mnist-embedded":
         from dpcore.data.embedded import load_embedded_mnist
 
         x_tr, y_tr, x_te, y_te = load_embedded_mnist()
+        ds = Dataset(key, x_tr, y_tr, x_te, y_te, 10, *_MNIST_STATS, classes=_DIGITS)
+    elif key == "mnist" and (root is None or not has_idx(root, "MNIST")):  # the package's copy of the same files
+        from dpcore.data.embedded import load_embedded_mnist
+
+        x_tr, y_tr, x_te, y_te = load_embedded_mnist(full=True)
         ds = Dataset(key, x_tr, y_tr, x_te, y_te, 10, *_MNIST_STATS, classes=_DIGITS)
     elif key in ("mnist", "fashion-mnist"):
         from dpcore.data.idx import load_idx_dataset

@@ -74,6 +74,12 @@ def _file_in(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def has_idx(root: str | Path, folder: str) -> bool:
+    """Whether any of the four IDX files is under ``root`` (where :func:`find_idx_dir` looks)."""
+    root = Path(root).expanduser()
+    return any(_file_in(d, stem) for d in _candidates(root, folder) for stem in IDX_FILES.values())
+
+
 def find_idx_dir(root: str | Path, folder: str) -> dict[str, Path]:
     """Locate the four IDX files under ``root`` (data root, ``<folder>`` dir or its ``raw`` dir)."""
     root = Path(root).expanduser()

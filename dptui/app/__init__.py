@@ -1,7 +1,7 @@
 """The dashboard: a Textual app to launch, watch and compare runs.
 
-Only :mod:`.app` and the screens import Textual; :mod:`.model`, :mod:`.follow`, :mod:`.launcher` and
-:mod:`.runner` (the detached queue runner, ``python -m dptui.app.runner``) are plain Python.
+Only :mod:`.app` and the screens import Textual; :mod:`.model` and :mod:`.follow` are plain Python. The
+launch queue the app starts runs through (the launcher and the detached queue runner) is :mod:`dptui.launches`.
 """
 
 from __future__ import annotations

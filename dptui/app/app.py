@@ -21,9 +21,9 @@ from textual.message import Message
 from textual.worker import get_current_worker
 
 from dpcore.summary import Table
+from dptui.launches.launcher import Launcher, slug
 
 from .follow import Mailbox, RunFollower, StoreScanner, StoreSnapshot
-from .launcher import Launcher, slug
 from .model import RunLive, RunView, build_view
 
 

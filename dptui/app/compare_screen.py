@@ -11,10 +11,10 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Label, SelectionList, Static
 from textual_plotext import PlotextPlot
 
-from dpcore.summary import Stat, Table, experiment_tables, rounds_table
+from dpcore.summary import Stat, Table, experiment_tables, headline_lines, rounds_table
 
 from .model import RunView, pct, secs
-from .runs_screen import KEYS, DashScreen
+from .dash_screen import KEYS, DashScreen
 from .widgets import RowTable
 
 
@@ -48,7 +48,8 @@ def curves(views: list[RunView]) -> tuple[list[tuple[str, list[float], list[floa
 
 
 def t2m_summary(views: list[RunView]) -> Text:
-    """Per experiment and method: time-to-mask at its deepest round; speed-up at the deepest matched one."""
+    """Per experiment and method: time-to-mask at its deepest round; then the headline, one line per method
+    against imp (speed-up and accuracy at the deepest round both validated)."""
     out = Text()
     for exp in sorted({v.experiment for v in views}):
         results = [v.results_for_tables() for v in views if v.experiment == exp]
@@ -58,10 +59,10 @@ def t2m_summary(views: list[RunView]) -> Text:
             if row["method"] != "dense":
                 last[row["method"]] = row
         parts = [f"{m} {secs(mean(r.get('time_to_mask_s')))} @ {pct(r['sparsity'])}" for m, r in last.items()]
+        headline: list[str] = []
         for t in experiment_tables(results)[1:]:
-            if t.title.startswith("Speed-up") and t.rows and t.rows[-1].get("speedup"):
-                best = t.rows[-1]
-                parts.append(f"distilled {best['speedup']:.2f}x faster than imp at {pct(best['sparsity'])}")
+            if t.title == "Headline":  # each method against imp at the deepest round both validated
+                headline = headline_lines(t)
             elif t.title == "Distillers":  # several synthetic sources: each one's speed-up at its deepest round
                 deepest = {row["distiller"]: row for row in t.rows if row.get("speedup")}
                 if deepest:
@@ -74,6 +75,8 @@ def t2m_summary(views: list[RunView]) -> Text:
                         f"{name} {row['speedup']:.1f}x @ {pct(row['sparsity'])}" for name, row in deepest.items()))
         out.append(f"{exp}: ", style="bold")
         out.append("time-to-mask " + ("; ".join(parts) if parts else "- (no finished rounds)") + "\n")
+        for line in headline:
+            out.append("  " + line + "\n", style="green")
     out.rstrip()
     return out
 
@@ -112,7 +115,7 @@ class CompareScreen(DashScreen):
         self.call_after_refresh(self.became_ready)
 
     def views(self) -> list[RunView]:
-        views = self.app.views
+        views = self.dash.views
         return [views[r] for r in self.run_ids if r in views]
 
     def tables(self) -> list[Table]:
@@ -135,7 +138,7 @@ class CompareScreen(DashScreen):
         return "compare-" + (t.title if t else "empty")
 
     def refresh_data(self) -> None:
-        app: Any = self.app
+        app = self.dash
         all_views = app.sorted_views()
         pick = self.query_one("#pick", SelectionList)
         ids = [v.run_id for v in all_views]

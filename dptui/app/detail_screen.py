@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,7 +11,7 @@ from textual.widgets import Footer, Label, Log, ProgressBar, Sparkline, Static
 from dpcore.summary import Table, rounds_table
 
 from .model import RunView, pct, secs
-from .runs_screen import KEYS, DashScreen
+from .dash_screen import KEYS, DashScreen
 from .widgets import STATUS_STYLE, RowTable, TimeBars
 
 
@@ -53,16 +51,16 @@ class DetailScreen(DashScreen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.app.watch_run(self.run_id)
+        self.dash.watch_run(self.run_id)
         self.query_one("#rounds").focus()
         self.call_after_refresh(self.became_ready)
 
     def on_unmount(self) -> None:
-        self.app.watch_run(self.run_id, on=False)
+        self.dash.watch_run(self.run_id, on=False)
 
     @property
     def view(self) -> RunView | None:
-        return self.app.views.get(self.run_id)
+        return self.dash.views.get(self.run_id)
 
     def current_table(self) -> Table | None:
         view = self.view
@@ -73,7 +71,7 @@ class DetailScreen(DashScreen):
         return f"rounds-{v.experiment}-{v.method}-s{v.seed}-{self.run_id}" if v else f"rounds-{self.run_id}"
 
     def refresh_data(self) -> None:
-        app: Any = self.app
+        app = self.dash
         view = self.view
         if view is None:
             self.set_title(Text(f"Run {self.run_id}: not in the store (yet)", style="bold"))
@@ -118,8 +116,8 @@ class DetailScreen(DashScreen):
 
     def _show_charts(self, view: RunView) -> None:
         rows = view.rows
-        inner = [r["inner_test_acc"] for r in rows if r.get("inner_test_acc") is not None]
-        val = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
+        inner = [r.inner_test_acc for r in rows if r.inner_test_acc is not None]
+        val = [r.val_acc for r in rows if r.val_acc is not None]
         kind = "synthetic" if view.method == "distilled" else "real"
         for name, data, label in (("inner", inner, f"inner acc ({kind} training)"), ("val", val, "validated acc (real)")):
             text = f"{label}: " + (f"{pct(data[0])} → {pct(data[-1])}" if data else "-")
@@ -140,16 +138,16 @@ class DetailScreen(DashScreen):
     # -- actions ---------------------------------------------------------------------------------
     def action_compare(self) -> None:
         if self.view:
-            self.app.open_compare(self.app.experiment_of(self.run_id))
+            self.dash.open_compare(self.dash.experiment_of(self.run_id))
 
     def action_interpolation(self) -> None:
-        self.app.open_interpolation(self.run_id)
+        self.dash.open_interpolation(self.run_id)
 
     def action_cancel(self) -> None:
-        self.app.cancel_run(self.run_id)
+        self.dash.cancel_run(self.run_id)
 
     def action_resume(self) -> None:
-        self.app.resume_run(self.run_id)
+        self.dash.resume_run(self.run_id)
 
     def on_resize(self) -> None:
         self._shown = None  # the time bars scale to the width

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Hashable
 
 from dpcore.events import Event, event_from_dict
+from dpcore.results import ResultsError, RunResults
 from dpcore.store import RUN_ID
+from dptui.launches.logs import tail_lines
 
 from .model import RunLive
 
@@ -65,22 +67,6 @@ class EventFollower:
         except (ValueError, KeyError, TypeError):
             self.bad_lines += 1
             return None
-
-
-def tail_lines(path: Path, n: int = 200, max_bytes: int = 64 * 1024) -> list[str]:
-    """The last ``n`` lines of a text file (reading at most its last ``max_bytes``)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
-        return []
-    lines = data.decode("utf-8", "replace").replace("\r", "\n").splitlines()
-    if size > max_bytes and lines:
-        lines = lines[1:]  # the first one is probably cut
-    return [ln for ln in lines if ln.strip()][-n:]
 
 
 class RunFollower:
@@ -136,7 +122,7 @@ class Mailbox:
 
 @dataclass
 class StoreSnapshot:
-    results: dict[str, dict | None] = field(default_factory=dict)  # run id -> results.json (None: not yet)
+    results: dict[str, RunResults | None] = field(default_factory=dict)  # run id -> results.json (None: not yet)
     entries: dict[str, Any] = field(default_factory=dict)  # run id -> launcher.LaunchEntry (latest launch)
     signature: tuple = ()
 
@@ -147,10 +133,10 @@ class StoreScanner:
     def __init__(self, root: Path, launches: Any | None = None):
         self.root = Path(root)
         self.launches = launches  # a launcher.Launcher (or None: no launch records)
-        self._cache: dict[str, tuple[tuple, dict | None]] = {}
+        self._cache: dict[str, tuple[tuple, RunResults | None]] = {}
 
     def scan(self) -> StoreSnapshot:
-        results: dict[str, dict | None] = {}
+        results: dict[str, RunResults | None] = {}
         sig = []
         try:
             names = sorted(d.name for d in os.scandir(self.root) if d.is_dir() and RUN_ID.match(d.name))
@@ -177,9 +163,9 @@ class StoreScanner:
         return StoreSnapshot(results, entries, tuple(sig))
 
     @staticmethod
-    def _read(path: Path) -> dict | None:
+    def _read(path: Path) -> RunResults | None:
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError):
+            return RunResults.from_json(data) if isinstance(data, dict) and "run_id" in data else None
+        except (OSError, ValueError, ResultsError):
             return None
-        return data if isinstance(data, dict) and "run_id" in data else None

@@ -15,7 +15,7 @@ from textual_plotext import PlotextPlot
 from dpcore.summary import Table, ticket_table
 
 from .model import RunView, instability_items, instability_table
-from .runs_screen import KEYS, DashScreen
+from .dash_screen import KEYS, DashScreen
 from .widgets import RowTable
 
 EMPTY = ("No interpolation analysis for {label} yet.\n\n"
@@ -58,7 +58,7 @@ class InterpolationScreen(DashScreen):
 
     @property
     def view(self) -> RunView | None:
-        return self.app.views.get(self.run_id) if self.run_id else None
+        return self.dash.views.get(self.run_id) if self.run_id else None
 
     def current_table(self) -> Table | None:
         v = self.view
@@ -68,7 +68,7 @@ class InterpolationScreen(DashScreen):
         return f"instability-{self.run_id}"
 
     def refresh_data(self) -> None:
-        app: Any = self.app
+        app = self.dash
         views = app.sorted_views()
         runs = self.query_one("#interp-runs", OptionList)
         ids = [v.run_id for v in views]

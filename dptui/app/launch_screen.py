@@ -25,9 +25,9 @@ from textual.worker import get_current_worker
 from dpcore.config import Config, describe_keys, to_dict
 from dpcore.errors import DPError
 from dpcore.profiles import list_profiles, load_profile, read_toml, save_profile
+from dptui.launches.launcher import RAY_SLOT
 
-from .launcher import RAY_SLOT
-from .runs_screen import KEYS, DashScreen
+from .dash_screen import KEYS, DashScreen
 from .widgets import FormInput, NameModal
 
 SKIP_KEYS = {"model.options", "synthetic.params", "run.device", "run.executor"}  # per profile / the device list
@@ -179,10 +179,10 @@ class LaunchScreen(DashScreen):
         return names
 
     def _fill_devices(self) -> None:
-        slots = self.app.launcher.device_slots()
+        slots = self.dash.launcher.device_slots()
         dev = self.query_one("#devices", SelectionList)
         dev.clear_options()
-        labels = [(f"{s} (one run at a time)" if s == "cpu" else f"GPU {s[3:]}", s, True) for s in slots]
+        labels = [(f"{s} (run.jobs runs at once)" if s == "cpu" else f"GPU {s[3:]}", s, True) for s in slots]
         if slots != ["cpu"]:
             labels.append(("cpu (instead of GPUs)", "cpu", False))
         if importlib.util.find_spec("ray") is not None:
@@ -286,7 +286,7 @@ class LaunchScreen(DashScreen):
 
     def plan(self) -> tuple[list[str], list[str]]:
         """(run ids to start, notes on the ones skipped)."""
-        app: Any = self.app
+        app = self.dash
         _, plans = app.launcher.plan(self.cfg, self.slots())
         todo, done, busy = [], [], []
         for p in plans:
@@ -306,7 +306,7 @@ class LaunchScreen(DashScreen):
         return (self.profile, tuple((w.id, w.value) for w in self.query(Input)), tuple(self.slots()))
 
     def show_status(self) -> None:
-        app: Any = self.app
+        app = self.dash
         self.shown_version = app.data_version  # what a start would skip is read from the views right now
         status = self.query_one("#launch-status", Static)
         if self.error:
@@ -324,10 +324,19 @@ class LaunchScreen(DashScreen):
         if slots == [RAY_SLOT]:
             where = f"Ray ({self.cluster_text})"
         else:
-            where = "CPU" if slots == ["cpu"] else ", ".join(f"GPU {s[3:]}" for s in slots)
+            where = self.places_text(slots)
         text = (f"✓ valid · {len(todo)} run(s) to start: {self.plan_text or 'none'} · on {where}"
                 + (f" · skipping {', '.join(notes)}" if notes else ""))
         status.update(Text(text, style="green"))
+
+    def places_text(self, slots: list[str]) -> str:
+        """Where the runs go and how many at once (``run.jobs``, as the launch will record it)."""
+        caps = self.dash.launcher.capacity(self.cfg, slots)
+        if slots == ["cpu"]:
+            cap = caps["cpu"]
+            return f"CPU, {cap.jobs} at once ({cap.threads} thread{'s' if cap.threads != 1 else ''} each)"
+        gpus = ", ".join(f"GPU {s[3:]}" for s in slots)
+        return f"{gpus}, {caps[slots[0]].jobs} at once on each" if caps else gpus
 
     def refresh_data(self) -> None:
         if self.form_ready and self.error is None and self.cfg is not None:
@@ -349,7 +358,7 @@ class LaunchScreen(DashScreen):
     def read_cluster(self) -> None:
         """The cluster's nodes and free CPUs/GPUs, from ``dptui cluster --json`` in a subprocess (Ray's
         client never runs inside the dashboard's process)."""
-        app: Any = self.app
+        app = self.dash
         address = (self.cfg.run.ray_address if self.cfg is not None else "") or os.environ.get("RAY_ADDRESS") or ""
         argv = [sys.executable, "-m", "dptui", "cluster", "--json", *(["--ray-address", address] if address else [])]
         try:
@@ -398,8 +407,9 @@ class LaunchScreen(DashScreen):
         elif widget.id == "overrides":
             help_line.update("extra --set overrides, space separated, as on the command line")
         elif widget.id == "devices":
-            help_line.update("one run at a time per device; several GPUs run several runs at once; Ray: every "
-                             "run a task on the cluster of run.ray_address ($RAY_ADDRESS, else this machine)")
+            help_line.update("run.jobs runs at once on each device (0 = auto: cores // run.threads on the CPU, each "
+                             "run with its share of the cores; 4 on a GPU); Ray: every run a task on the cluster of "
+                             "run.ray_address ($RAY_ADDRESS, else this machine)")
         else:
             help_line.update("")
 
@@ -420,7 +430,7 @@ class LaunchScreen(DashScreen):
         if not todo:
             self.app.notify("nothing to start: " + ", ".join(notes), severity="warning")
             return
-        app: Any = self.app
+        app = self.dash
         cfg, _ = app.launcher.plan(self.cfg, self.slots())  # with the devices' type, as the runs get it
         self.checking, self.check_failed = True, None
         self.show_status()
@@ -430,7 +440,7 @@ class LaunchScreen(DashScreen):
     def check_then_start(self, state: tuple, cfg: Config, slots: list[str], todo: list[str]) -> None:
         from dpcore.validate import validate_experiment
 
-        app: Any = self.app
+        app = self.dash
         try:
             validate_experiment(cfg, app.runs_dir, app.data_root)
             error = None
@@ -442,7 +452,7 @@ class LaunchScreen(DashScreen):
             app.call_from_thread(self._checked, state, slots, todo, error)
 
     def _checked(self, state: tuple, slots: list[str], todo: list[str], error: str | None) -> None:
-        app: Any = self.app
+        app = self.dash
         self.checking = False
         if app.screen is not self:  # closed (or covered by a dialog) while checking: start nothing
             self.app.notify("nothing started: the Launch screen was left while its input was checked",

@@ -2,7 +2,7 @@
 
 A run is seen through three sources, merged by :func:`build_view`:
 
-- ``results.json`` (the engine's materialised view: rounds, dense, status, error),
+- ``results.json`` (the engine's materialised view: rounds, dense, status, error), as :class:`RunResults`,
 - ``events.jsonl`` folded into a :class:`RunLive` (stage, epoch progress, log lines; newest information),
 - the launch record of the app's launcher (:class:`dptui.app.launcher.LaunchEntry`: queued, process alive,
   exit code), which tells a live process from a dead one.
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dpcore.events import (AnalysisDone, DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted, RunDone,
                            RunFailed, RunStarted, StageStarted)
+from dpcore.results import DenseResult, ResultsError, RoundRow, RunResults, SyntheticInfo, as_results
 from dpcore.summary import METHOD_ORDER, Column, Table
 from dpcore.summary import instability_table as summary_instability_table  # the reports' own table
 
@@ -56,9 +57,9 @@ class RunLive:
     loss: float | None = None
     eta_s: float | None = None
     elapsed_s: float | None = None
-    rows: dict[int, dict] = field(default_factory=dict)
-    dense: dict | None = None
-    synthetic: dict | None = None
+    rows: dict[int, RoundRow] = field(default_factory=dict)
+    dense: DenseResult | None = None
+    synthetic: SyntheticInfo | None = None
     log: deque = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     started_t: float | None = None
     attempt_t: float | None = None  # when the latest attempt started (its RunStarted)
@@ -92,13 +93,17 @@ class RunLive:
             self.epoch, self.epochs, self.eta_s, self.elapsed_s = ev.epoch, ev.epochs, ev.eta_s, ev.elapsed_s
             self.loss = ev.loss if ev.loss == ev.loss else None  # NaN -> None
         elif isinstance(ev, DenseDone):
-            self.dense = {"test_acc": ev.test_acc, "train_s": ev.train_s}
+            self.dense = DenseResult(test_acc=ev.test_acc, train_s=ev.train_s)
         elif isinstance(ev, DistillDone):
-            self.synthetic = {"source": ev.source, "images": ev.images, "distill_s": ev.distill_s, "cached": ev.cached}
+            self.synthetic = SyntheticInfo(source=ev.source, images=ev.images, distill_s=ev.distill_s, cached=ev.cached)
         elif isinstance(ev, RoundStarted):
             self.round, self.rounds, self.target_sparsity = ev.round, ev.rounds, ev.target_sparsity
         elif isinstance(ev, RoundDone):
-            self.rows[int(ev.row["round"])] = ev.row
+            try:
+                row = RoundRow.from_json(ev.row)
+            except ResultsError:
+                return  # a row without its round and sparsity: nothing to show
+            self.rows[int(row.round)] = row
         elif isinstance(ev, RunDone):
             self.status, self.stage, self.eta_s = ev.status, "", None
         elif isinstance(ev, RunFailed):
@@ -148,14 +153,21 @@ class RunView:
     run_id: str
     status: str
     error: str | None
-    results: dict | None
+    results: RunResults | None
     live: RunLive | None
     entry: Any | None  # launcher.LaunchEntry
 
     def _get(self, key: str, default: Any = None) -> Any:
-        for src in (self.results, self.live.info if self.live else None,
-                    self.entry.info if self.entry is not None else None):
-            if src and src.get(key) is not None:
+        """A field of what the run is (experiment, method, seed, ...): results.json's, else its RunStarted
+        event's, else its launch record's (unset: None or "")."""
+        value = getattr(self.results, key, None) if self.results is not None else None
+        if value is not None and value != "":
+            return value
+        return self._info(key, default)
+
+    def _info(self, key: str, default: Any = None) -> Any:
+        for src in (self.live.info if self.live else None, self.entry.info if self.entry is not None else None):
+            if src and src.get(key) is not None and src[key] != "":
                 return src[key]
         return default
 
@@ -197,20 +209,20 @@ class RunView:
 
     @property
     def rounds_planned(self) -> int | None:
-        planned = (self.results or {}).get("rounds_planned") or (self.live.rounds if self.live else 0)
-        return planned or self._get("rounds")
+        planned = (self.results.rounds_planned if self.results else None) or (self.live.rounds if self.live else 0)
+        return planned or self._info("rounds")
 
     @property
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[RoundRow]:
         """Finished rounds: results.json's, plus any newer ones already announced by events."""
-        rows = {int(r["round"]): r for r in (self.results or {}).get("rounds", [])}
+        rows = {int(r.round): r for r in (self.results.rounds if self.results else [])}
         if self.live:
             rows.update({k: v for k, v in self.live.rows.items() if k not in rows})
         return [rows[k] for k in sorted(rows)]
 
     @property
-    def dense(self) -> dict | None:
-        return (self.results or {}).get("dense") or (self.live.dense if self.live else None)
+    def dense(self) -> DenseResult | None:
+        return (self.results.dense if self.results else None) or (self.live.dense if self.live else None)
 
     @property
     def label(self) -> str:
@@ -221,25 +233,24 @@ class RunView:
     def active(self) -> bool:
         return self.status in ACTIVE
 
-    def results_for_tables(self) -> dict:
-        """A results dict for :mod:`dpcore.summary` (also for runs without results.json yet)."""
-        res = dict(self.results or {})
-        res.update(run_id=self.run_id, experiment=self.experiment, method=self.method or "?", variant=self.variant,
-                   seed=self.seed if self.seed is not None else 0, rounds=self.rows, dense=self.dense,
-                   status=self.status)
-        if not res.get("synthetic") and self.live and self.live.synthetic:
-            res["synthetic"] = self.live.synthetic
-        return res
+    def results_for_tables(self) -> RunResults:
+        """The run's results for :mod:`dpcore.summary`, with what its events told since (also for runs without
+        results.json yet)."""
+        res = self.results or RunResults()
+        return replace(res, run_id=self.run_id, experiment=self.experiment, method=self.method or "?",
+                       variant=self.variant, seed=self.seed if self.seed is not None else 0, rounds=self.rows,
+                       dense=self.dense, status=self.status,
+                       synthetic=res.synthetic or (self.live.synthetic if self.live else None))
 
     def sort_key(self) -> tuple:
         return (self.experiment, METHOD_ORDER.get(self.method, 9), self.variant, self.seed if self.seed is not None else -1,
                 self.run_id)
 
 
-def effective_status(results: dict | None, live: RunLive | None, entry: Any | None) -> tuple[str, str | None]:
+def effective_status(results: RunResults | None, live: RunLive | None, entry: Any | None) -> tuple[str, str | None]:
     """(status, error) of a run, reconciling its files with its process (see module docstring)."""
-    status = live.status if live and live.status != "pending" else (results or {}).get("status", "pending")
-    error = (live.error if live else None) or (results or {}).get("error")
+    status = live.status if live and live.status != "pending" else (results.status if results else "pending")
+    error = (live.error if live else None) or (results.error if results else None)
     if status != "failed":
         error = None
     if entry is None:
@@ -251,7 +262,7 @@ def effective_status(results: dict | None, live: RunLive | None, entry: Any | No
         return ("queued" if entry.runner_alive else "stalled"), None
     if st == "running":
         if entry.pid_alive and entry.slot == "ray":  # one driver runs the launch's runs: each run's files tell
-            started = live.attempt_t if live and live.attempt_t else (results or {}).get("started_at")
+            started = live.attempt_t if live and live.attempt_t else (results.started_at if results else None)
             if status in ("done", "stopped", "failed") and started and started >= entry.created:
                 return status, error  # finished in this launch (not an earlier attempt's end)
             if status == "pending":  # not placed on the cluster yet
@@ -282,7 +293,10 @@ def exit_text(rc: int | None) -> str:
     return f"the run's process exited with code {rc}"
 
 
-def build_view(run_id: str, results: dict | None, live: RunLive | None, entry: Any | None) -> RunView:
+def build_view(run_id: str, results: RunResults | dict | None, live: RunLive | None, entry: Any | None) -> RunView:
+    """``results``: the run's results.json (None: none yet); a results dict (``dptui runs`` reads them with
+    :func:`dpcore.store.list_runs`) is read with :meth:`RunResults.from_json` here."""
+    results = None if results is None else as_results(results)
     status, error = effective_status(results, live, entry)
     return RunView(run_id, status, error, results, live, entry)
 
@@ -300,13 +314,13 @@ RUN_COLUMNS = [
 
 def run_row(v: RunView) -> dict[str, Any]:
     rows = v.rows
-    vals = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
-    last = rows[-1] if rows else {}
+    vals = [r.val_acc for r in rows if r.val_acc is not None]
+    last = rows[-1] if rows else None
     planned = v.rounds_planned
     return {
         "experiment": v.experiment, "method": v.group, "seed": v.seed, "status": v.status,
-        "progress": f"{len(rows)}/{planned or '?'}", "sparsity": last.get("sparsity"),
-        "best_val": max(vals) if vals else None, "t2m": last.get("time_to_mask_s"),
+        "progress": f"{len(rows)}/{planned or '?'}", "sparsity": last.sparsity if last else None,
+        "best_val": max(vals) if vals else None, "t2m": last.time_to_mask_s if last else None,
         "data": f"{v.dataset}/{v.model}" if v.dataset or v.model else "", "device": v.device, "run_id": v.run_id,
     }
 
@@ -315,17 +329,18 @@ def runs_listing(views: list[RunView], title: str = "Runs") -> Table:
     return Table(title, list(RUN_COLUMNS), [run_row(v) for v in views])
 
 
-def instability_table(results: dict) -> Table:
+def instability_table(results: RunResults) -> Table:
     """The interpolation analysis of one run (its well-formed entries) as :func:`dpcore.summary.instability_table`."""
-    return summary_instability_table([{**results, "instability": [{k: v for k, v in e.items() if k != "rewind_text"}
-                                                                 for e in instability_items(results)]}])
+    return summary_instability_table([replace(results, instability=[{k: v for k, v in e.items() if k != "rewind_text"}
+                                                                    for e in instability_items(results)])])
 
 
-def instability_items(results: dict | None) -> list[dict]:
-    """Well-formed entries of ``results['instability']``: round, alphas and test_acc of equal length, and
-    what the Instability table reads (sparsity, rewind k and unit, both end accuracies, instability, barrier)."""
+def instability_items(results: RunResults | None) -> list[dict]:
+    """Well-formed entries of ``results.instability`` (the analysis' plain JSON, written by any version):
+    round, alphas and test_acc of equal length, and what the Instability table reads (sparsity, rewind k and
+    unit, both end accuracies, instability, barrier)."""
     out = []
-    for item in (results or {}).get("instability") or []:
+    for item in (results.instability if results else None) or []:
         try:
             alphas, accs = list(map(float, item["alphas"])), list(map(float, item["test_acc"]))
             k, unit = int(item["rewind"]["k"]), str(item["rewind"]["unit"])

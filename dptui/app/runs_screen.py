@@ -2,68 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from dpcore.summary import Table
 
+from .dash_screen import KEYS, DashScreen
 from .model import RUN_COLUMNS, RunView, runs_listing
 from .widgets import FormInput, RowTable
 
-KEYS = Binding("f1", "app.toggle_keys", "Keys")  # first in every screen's footer, so it shows even at 80x24
 SORT_KEYS = [None] + [c.key for c in RUN_COLUMNS]
-
-
-class DashScreen(Screen):
-    """Common to all screens: a title line, the footer, export."""
-
-    ready = False  # set once mounted: the app refreshes only ready screens
-    shown_version = -1  # the app's data_version this screen last drew
-
-    @property
-    def up_to_date(self) -> bool:
-        """Mounted, and showing the store as the app knows it now (no refresh owed)."""
-        app: Any = self.app
-        return self.ready and self.shown_version == app.data_version
-
-    def title_line(self) -> Static:
-        return Static("", id="title", classes="title")
-
-    def set_title(self, text: str | Text) -> None:
-        self.query_one("#title", Static).update(text)
-
-    def export_name(self) -> str:
-        return "table"
-
-    def current_table(self) -> Table | None:
-        return None
-
-    def action_export(self) -> None:
-        self.app.ask_export(self.export_name(), self.current_table())
-
-    def became_ready(self) -> None:
-        """First refresh, once every widget of the screen is mounted."""
-        self.ready = True
-        self.redraw()
-
-    def on_screen_resume(self) -> None:
-        if self.ready:
-            self.redraw()
-
-    def redraw(self) -> None:
-        """Show the app's current data (and remember which version that was)."""
-        app: Any = self.app
-        version = app.data_version
-        self.refresh_data()
-        self.shown_version = version
-
-    def refresh_data(self) -> None:
-        pass
 
 
 class RunsScreen(DashScreen):
@@ -107,7 +57,7 @@ class RunsScreen(DashScreen):
 
     # -- data ------------------------------------------------------------------------------------
     def visible_views(self) -> list[RunView]:
-        views = self.app.sorted_views()
+        views = self.dash.sorted_views()
         words = self.filter_text.lower().split()
         if words:
             table = runs_listing(views)
@@ -136,7 +86,7 @@ class RunsScreen(DashScreen):
         return "runs"
 
     def refresh_data(self) -> None:
-        app: Any = self.app
+        app = self.dash
         self.shown = self.visible_views()
         table = runs_listing(self.shown)
         for col in table.columns:
@@ -183,7 +133,7 @@ class RunsScreen(DashScreen):
         if self.focused is self.query_one("#filter"):
             self.query_one(RowTable).focus()
         elif self.selected:
-            self.app.open_detail(self.selected)
+            self.dash.open_detail(self.selected)
 
     def action_mark(self) -> None:
         if self.selected:
@@ -191,25 +141,25 @@ class RunsScreen(DashScreen):
             self.refresh_data()
 
     def action_launch(self) -> None:
-        self.app.open_launch()
+        self.dash.open_launch()
 
     def action_compare(self) -> None:
-        marked = [r for r in self.marked if r in self.app.views]
+        marked = [r for r in self.marked if r in self.dash.views]
         if marked:
-            self.app.open_compare(sorted(marked, key=lambda r: self.app.views[r].sort_key()))
+            self.dash.open_compare(sorted(marked, key=lambda r: self.dash.views[r].sort_key()))
         elif self.selected:
-            self.app.open_compare(self.app.experiment_of(self.selected))
+            self.dash.open_compare(self.dash.experiment_of(self.selected))
 
     def action_interpolation(self) -> None:
-        self.app.open_interpolation(self.selected)
+        self.dash.open_interpolation(self.selected)
 
     def action_cancel(self) -> None:
         if self.selected:
-            self.app.cancel_run(self.selected)
+            self.dash.cancel_run(self.selected)
 
     def action_resume(self) -> None:
         if self.selected:
-            self.app.resume_run(self.selected)
+            self.dash.resume_run(self.selected)
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)

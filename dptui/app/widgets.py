@@ -12,6 +12,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
 
+from dpcore.results import RoundRow
 from dpcore.summary import Table, format_cell
 
 STATUS_STYLE = {"done": "green", "running": "bold cyan", "queued": "magenta", "pending": "magenta",
@@ -183,20 +184,19 @@ class NameModal(ModalScreen[str | None]):
 class TimeBars(Static):
     """Per-round horizontal bars: inner training time (synthetic for distilled) vs real training time."""
 
-    def show(self, rows: list[dict], method: str, width: int | None = None) -> None:
+    def show(self, rows: list[RoundRow], method: str, width: int | None = None) -> None:
         inner_name = {"distilled": "syn", "imp": "real", "random": "none", "snip": "none", "grasp": "none",
                       "synflow": "none"}.get(method, "inner")
         if not rows:
             self.update(Text("no finished rounds yet", style="dim"))
             return
         width = max(6, (width or self.size.width or 40) - 30)
-        top = max([r.get("inner_train_s") or 0 for r in rows] + [r.get("val_train_s") or 0 for r in rows] + [1e-9])
+        top = max([r.inner_train_s or 0 for r in rows] + [r.val_train_s or 0 for r in rows] + [1e-9])
         out = Text()
         for r in rows:
-            for label, key, style in ((inner_name, "inner_train_s", "cyan"), ("val", "val_train_s", "magenta")):
-                v = r.get(key)
+            for i, (label, v, style) in enumerate(((inner_name, r.inner_train_s, "cyan"), ("val", r.val_train_s, "magenta"))):
                 n = 0 if not v else max(1, round(width * v / top))
-                head = f"r{r['round']:<3}" if key == "inner_train_s" else "    "
+                head = f"r{r.round:<3}" if i == 0 else "    "
                 out.append(f"{head}{label:>4} ")
                 out.append("█" * n, style=style)
                 out.append(f" {format_cell(v, 'sec')}s\n" if v is not None else " -\n", style="dim" if v is None else "")

@@ -3,13 +3,21 @@
 A launch is a folder ``<runs>/launches/<experiment>-<YYYYmmdd-HHMMSS>/`` holding
 
 - ``profile.toml``: the resolved config (the profile plus the form's overrides and the chosen device),
-- ``launch.json``: its runs (id, method, seed, the exact command line) and device slots,
-- ``runner.pid`` / ``state.json`` / ``runner.log``: the detached queue runner (:mod:`dptui.app.runner`),
+- ``launch.json``: its runs (id, method, seed, the exact command line), device slots and their capacity,
+- ``runner.pid`` / ``state.json`` / ``runner.log``: the detached queue runner (:mod:`dptui.launches.runner`),
 - ``<run id>.log``: each run's process output; ``cancel/<run id>``: cancel requests; ``exports/``.
 
-The design: one detached queue runner per launch runs its runs one at a time per device slot (each run its
-own process), and slots are shared between launches through ``flock``ed lock files. So the queue advances
-with the app closed, a crash or OOM of one run touches nothing else, and the app only reads these files.
+The design: one detached queue runner per launch runs each run as its own process, at most ``jobs`` at once
+per device slot, and the slots' places are shared between launches through ``flock``ed lock files. So the
+queue advances with the app closed, a crash or OOM of one run touches nothing else, and the app only reads
+these files.
+
+Slots and places: a slot is a device a launch may use (``cpu``, or ``gpu0``, ``gpu1``, ...; ``ray`` for a
+launch on a Ray cluster). Each slot has ``jobs`` places (:func:`dpcore.parallel.capacity`, from ``run.jobs``:
+on the CPU ``cores // run.threads`` by default, each run with its share of the cores; on a GPU 4 by
+default), computed here when the launch is written and stored in ``launch.json`` as ``capacity``
+(``{"cpu": {"jobs": 2, "threads": 1}}``), so the runner needs neither torch nor the config. A run records
+its slot (``cpu``) and the place it took (``cpu#1``: place 1 of the CPU).
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ from pathlib import Path
 
 from dpcore.config import Config
 from dpcore.errors import DPError
+from dpcore import parallel
 
-from .follow import tail_lines
+from .logs import tail_lines
 
 LAUNCHES = "launches"
+RUNNER = "dptui.launches.runner"  # the queue runner's module: ``python -m RUNNER LAUNCH_DIR``
 RAY_SLOT = "ray"
 
 
@@ -92,6 +102,7 @@ class LaunchEntry:
     pid: int | None = None
     rc: int | None = None
     slot: str | None = None
+    place: str | None = None  # which of the slot's places the run took (``cpu#1``)
     runner_alive: bool = False
     pid_alive: bool = False
     cancel_requested: bool = False
@@ -153,6 +164,17 @@ class Launcher:
         """The pseudo-slot ``ray``: the launch's runs go to a Ray cluster (``run.executor = "ray"``)."""
         return RAY_SLOT in slots
 
+    def capacity(self, cfg: Config, slots: list[str]) -> dict[str, parallel.Capacity]:
+        """How many runs each slot takes at once (and the CPU threads of each): ``run.jobs`` places on the CPU,
+        each run with its share of the cores (``run.threads``, else ``cores // jobs``); ``run.jobs`` places on
+        each GPU (0 = auto). Nothing for a Ray launch: the cluster places its runs."""
+        if self.on_ray(slots):
+            return {}
+        if self.device_type(slots) == "cpu":
+            return {"cpu": parallel.capacity("cpu", cfg.run.jobs, cfg.run.threads)}
+        per_gpu = parallel.capacity("cuda", cfg.run.jobs, 0, gpus=1)
+        return {s: per_gpu for s in slots if s.startswith("gpu")}
+
     # -- starting ------------------------------------------------------------------------------
     def argv(self, launch_dir: Path, run_id: str | None, run_ids: list[str] | None = None) -> list[str]:
         """The command of one run (``run_id``), or of a Ray launch's driver (``run_ids``)."""
@@ -165,19 +187,16 @@ class Launcher:
         return argv
 
     def plan(self, cfg: Config, slots: list[str]):
-        """(config with the slots' device, its run plans)."""
-        import torch
-
-        from dpcore.engine import plan_runs
+        """(config with the slots' device, its run plans), planned by the front door."""
+        from dpcore.experiment import Experiment
 
         if self.on_ray(slots):
-            from dpcore.executors.ray_cluster import on_cluster
-
-            cfg = on_cluster(replace(cfg, run=replace(cfg.run, executor="ray")))
-            return cfg, plan_runs(cfg, torch.device(cfg.run.device))
-        device = self.device_type(slots)
-        cfg = replace(cfg, run=replace(cfg.run, device=device, executor="local"))
-        return cfg, plan_runs(cfg, torch.device(device))
+            exp = Experiment(replace(cfg, run=replace(cfg.run, executor="ray")), self.runs_dir, self.data_root)
+        else:
+            device = self.device_type(slots)
+            exp = Experiment(replace(cfg, run=replace(cfg.run, device=device, executor="local")), self.runs_dir,
+                             self.data_root, device=device)
+        return exp.cfg, exp.plans
 
     def launch(self, cfg: Config, slots: list[str], only: list[str] | None = None) -> tuple[Path, list[str]]:
         """Write the launch folder and start its detached queue runner; returns (folder, run ids)."""
@@ -209,7 +228,8 @@ class Launcher:
                  "log": "driver.log" if ray else f"{p.run_id}.log"}
                 for p in plans]
         spec = {"version": 1, "created": time.time(), "runs_dir": str(self.runs_dir), "cwd": str(self.cwd),
-                "data_root": self.data_root, "slots": slots, "runs": runs}
+                "data_root": self.data_root, "slots": slots, "runs": runs,
+                "capacity": {s: {"jobs": c.jobs, "threads": c.threads} for s, c in self.capacity(cfg, slots).items()}}
         if ray:  # one Ray driver for all of the launch's runs (it spreads them over the cluster)
             spec["executor"] = "ray"
             spec["driver_argv"] = self.argv(launch_dir, None, [p.run_id for p in plans])
@@ -219,7 +239,7 @@ class Launcher:
 
     def start_runner(self, launch_dir: Path) -> int:
         with open(launch_dir / "runner.log", "ab") as log:
-            proc = subprocess.Popen([self.python, "-m", "dptui.app.runner", str(launch_dir)],
+            proc = subprocess.Popen([self.python, "-m", RUNNER, str(launch_dir)],
                                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, cwd=self.cwd, close_fds=True)
         (launch_dir / "runner.pid").write_text(f"{proc.pid}\n")
@@ -308,7 +328,7 @@ class Launcher:
             except (OSError, ValueError):
                 runner_pid = None
         finished = "finished_at" in state
-        runner_alive = not finished and process_alive(runner_pid, "dptui.app.runner")
+        runner_alive = not finished and process_alive(runner_pid, RUNNER)
         cancels = set(os.listdir(d / "cancel")) if (d / "cancel").is_dir() else set()
         out = []
         for run in spec.get("runs", []):
@@ -317,7 +337,8 @@ class Launcher:
             entry = LaunchEntry(rid, d, {k: run.get(k) for k in ("experiment", "method", "seed", "dataset",
                                                                   "model", "device", "rounds")},
                                 rs.get("state", "queued"), spec.get("created", 0.0), list(spec.get("slots", [])),
-                                pid=rs.get("pid"), rc=rs.get("rc"), slot=rs.get("slot"), runner_alive=runner_alive,
+                                pid=rs.get("pid"), rc=rs.get("rc"), slot=rs.get("slot"), place=rs.get("place"),
+                                runner_alive=runner_alive,
                                 cancel_requested=rid in cancels, log_path=d / run.get("log", f"{rid}.log"))
             if entry.state == "running":
                 entry.pid_alive = process_alive(entry.pid, rid)
