@@ -52,9 +52,11 @@ def read_tree(root: Path, under: list[str]) -> dict[str, bytes]:
 
 
 def write_tree(root: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` (relative path -> bytes) under ``root``, each atomically; paths must stay inside it."""
+    """Write ``files`` (relative path -> bytes) under ``root``, each atomically; paths must stay inside it.
+    JSON files go last: a round's row (``round_NNN.json``) marks it finished only once its mask is there, as the
+    engine writes them, so a driver killed in the middle of a batch leaves no row without its mask."""
     base = root.resolve()
-    for rel, data in files.items():
+    for rel, data in sorted(files.items(), key=lambda item: item[0].endswith(".json")):
         path = (base / rel).resolve()
         if base not in path.parents:
             raise ValueError(f"refusing to write {rel!r} outside {base}")
