@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dpcore", metavar="PATH", help="import dpcore from this checkout; time only its fp32 default")
     ap.add_argument("--only", nargs="*", metavar="NAME", help="only these workloads (e.g. convnet-32 inner dm)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a compiled setting fell back to eager")
+    ap.add_argument("--setting", action="append", metavar="PRECISION:COMPILE",
+                    help="time only these engine settings, e.g. bf16:on (repeatable; default: every one that applies)")
+    ap.add_argument("--channels-last", action="store_true", help="the engine's settings in channels-last format")
+    ap.add_argument("--inner-model", default="convnet", choices=("convnet", "alexnet"),
+                    help="the net of the distilled inner loop (ConvNet-128 on CUDA, ConvNet-32 on a CPU; or AlexNet)")
+    ap.add_argument("--images", type=int, default=0, help="training images per timed epoch (0: 50k on CUDA)")
     ap.add_argument("--all", action="store_true", help="on CUDA, also compile every precision of every workload")
     return ap.parse_args(argv)
 
@@ -84,6 +90,8 @@ class Workload:
     quick: bool = False
 
     def images(self, device: torch.device) -> int:
+        if ARGS.images:
+            return ARGS.images
         return 50_000 if device.type == "cuda" else self.cpu_images
 
 
@@ -106,7 +114,7 @@ class Setting:
 
     def fast(self):
         from dpcore.training import FastPath
-        return FastPath(precision=self.precision, compile=self.compile)
+        return FastPath(precision=self.precision, compile=self.compile, channels_last=ARGS.channels_last)
 
 
 def settings_for(device: torch.device, w: Workload) -> list[Setting]:
@@ -114,6 +122,8 @@ def settings_for(device: torch.device, w: Workload) -> list[Setting]:
     fp32 compiled for the ConvNets (each compile costs tens of seconds there; ``--all`` compiles every one)."""
     if not HAS_FAST:
         return [Setting()]
+    if ARGS.setting:
+        return [Setting(*text.split(":", 1)) for text in ARGS.setting]
     if device.type != "cuda":
         return [Setting(p, c) for p in ("fp32", "bf16") for c in ("off", "on")]
     out = [Setting(p, "off") for p in ("fp32", "bf16", "fp16")]
@@ -220,7 +230,9 @@ def bench_training(w: Workload, device: torch.device, reps: int, log) -> Result:
     res = Result(w.name, "train", "img/s", headline=headline(model, device).label)
     if ARGS.quick and res.headline.endswith("compile=off"):  # quick: no compiling where "auto" would not
         settings = [s for s in settings if s.compile == "off"]
-    if res.headline not in [s.label for s in settings]:
+    if ARGS.setting:  # only the settings asked for: the first is the headline
+        res.headline = settings[0].label
+    elif res.headline not in [s.label for s in settings]:
         settings.append(Setting())
 
     def engine_run(setting: Setting, x, y) -> Any:
@@ -270,8 +282,12 @@ def bench_inner_loop(device: torch.device, reps: int, log) -> Result:
     from dpcore.synthetic import SyntheticSet
     from dpcore.synthetic.evaluate import train_on_synthetic
 
-    w = Workload("inner", "convnet", {"width": 128 if device.type == "cuda" else 32}, 256, 100)
-    name = f"distilled inner loop (convnet-{w.options['width']}, 100 img)"
+    if ARGS.inner_model == "alexnet":
+        w = Workload("inner", "alexnet", {}, 256, 100)
+        name = "distilled inner loop (alexnet, 100 img)"
+    else:
+        w = Workload("inner", "convnet", {"width": 128 if device.type == "cuda" else 32}, 256, 100)
+        name = f"distilled inner loop (convnet-{w.options['width']}, 100 img)"
     epochs = 200 if device.type == "cuda" else 20
     g = torch.Generator(device=device).manual_seed(1)
     syn = SyntheticSet(torch.randn(100, *SHAPE, device=device, generator=g),
@@ -281,6 +297,9 @@ def bench_inner_loop(device: torch.device, reps: int, log) -> Result:
     init = snapshot(model)
     settings = [Setting("fp32", c) for c in ("off", "on")] if HAS_FAST else [Setting()]
     res = Result(name, "inner", "steps/s", headline=headline(model, device).label)
+    if HAS_FAST and ARGS.setting:
+        settings = [Setting(*text.split(":", 1)) for text in ARGS.setting]
+        res.headline = settings[0].label
     res.images_per_step = 100
 
     def engine_run(s: Setting, sc_) -> Any:
@@ -439,6 +458,9 @@ def main() -> None:
               "quick": ARGS.quick, "wall_s": round(time.perf_counter() - t0, 1), "reps": ARGS.reps,
               "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],  # start, end: other jobs void timings
               "workloads": {r.name: r.to_json() for r in results}}
+    if device.type == "cuda":
+        report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        report["channels_last"] = ARGS.channels_last
     fallbacks = [f"{r.name} {label}" for r in results for label, row in r.rows.items() if row.get("fallback")]
     report["fallbacks"] = fallbacks
     if ARGS.json:

@@ -1,4 +1,4 @@
-"""Exports of the row model: Rich, CSV, JSON, Markdown and HTML all render the same tables."""
+"""Exports of the row model: Rich, CSV, JSON, Markdown, HTML and LaTeX (booktabs) all render the same tables."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.table import Table as RichTable
 from dpcore.store import atomic_write_text
 from dpcore.summary import Stat, Table, format_cell
 
-FORMATS = ("csv", "json", "md", "html")
+FORMATS = ("csv", "json", "md", "html")  # the dashboard's per-table exports (summary.tex: headless)
 
 
 def _raw(value: Any) -> Any:
@@ -94,6 +94,51 @@ def to_html(tables: list[Table], title: str = "dptui results") -> str:
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>\n")
 
 
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text)).replace("±", r"$\pm$").replace("→", r"$\to$")
+
+
+def _best(table: Table, col) -> Any:
+    """The row value a column's best cell holds (bold in LaTeX): the highest accuracy or speed-up, the lowest
+    time; None where "best" means nothing (text, counts, sparsity, rounds)."""
+    if col.kind not in ("pct", "sec", "x") or col.key in ("sparsity", "remaining") or "sparsity" in col.key:
+        return None
+    if col.kind == "pct" and "acc" not in col.key:
+        return None
+    means = [(v.mean if isinstance(v, Stat) else v) for v in (r.get(col.key) for r in table.rows)]
+    means = [m for m in means if isinstance(m, (int, float))]
+    if len(means) < 2:
+        return None
+    return min(means) if col.kind == "sec" else max(means)
+
+
+def to_latex(tables: list[Table]) -> str:
+    r"""booktabs tables of the same rows and cells (mean $\pm$ std), the best cell of each accuracy, time and
+    speed-up column in bold; needs ``\usepackage{booktabs}``. Each table is a ``table`` float with a caption."""
+    parts = ["% dptui: tables of the same row model as summary.md; needs \\usepackage{booktabs}"]
+    for t in tables:
+        spec = "".join("l" if c.kind == "text" else "r" for c in t.columns)
+        best = {c.key: _best(t, c) for c in t.columns}
+        lines = [r"\begin{table}[ht]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+                 " & ".join(_tex(c.header) for c in t.columns) + r" \\", r"\midrule"]
+        for r in t.rows:
+            cells = []
+            for c in t.columns:
+                v = r.get(c.key)
+                text = _tex(format_cell(v, c.kind))
+                mean = v.mean if isinstance(v, Stat) else v
+                cells.append(rf"\textbf{{{text}}}" if best[c.key] is not None and mean == best[c.key] else text)
+            lines.append(" & ".join(cells) + r" \\")
+        caption = _tex(t.title + (": " + "; ".join(t.notes) if t.notes else ""))
+        lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}", ""]
+        parts.append("\n".join(lines))
+    return "\n".join(parts)
+
+
 def write_exports(tables: list[Table], out_dir: Path, title: str) -> list[Path]:
     out_dir = Path(out_dir)
     written = []
@@ -102,7 +147,7 @@ def write_exports(tables: list[Table], out_dir: Path, title: str) -> list[Path]:
         atomic_write_text(path, to_csv(t))
         written.append(path)
     for name, text in (("summary.json", to_json(tables)), ("summary.md", f"# {title}\n\n" + to_markdown(tables)),
-                       ("summary.html", to_html(tables, title))):
+                       ("summary.html", to_html(tables, title)), ("summary.tex", to_latex(tables))):
         atomic_write_text(out_dir / name, text)
         written.append(out_dir / name)
     return written

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+# Caches outside the run store (the ZCA fits) go to a folder of the test session, never the user's home.
+os.environ.setdefault("DPTUI_CACHE_DIR", tempfile.mkdtemp(prefix="dptui-test-cache-"))
 
 
 def make_npz(path: Path, classes: int = 4, per_class: int = 48, size: int = 8, seed: int = 0) -> Path:

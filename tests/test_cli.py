@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,8 +42,17 @@ def test_headless_end_to_end_prints_and_exports_tables(tmp_path, tiny_profile):
     exports = list((runs / "experiments").iterdir())
     assert len(exports) == 1
     folder = exports[0]
-    for name in ("rounds.csv", "speedup.csv", "summary.json", "summary.md", "summary.html"):
+    for name in ("rounds.csv", "speedup.csv", "summary.json", "summary.md", "summary.html", "summary.tex"):
         assert (folder / name).stat().st_size > 0
+    tex = (folder / "summary.tex").read_text()  # booktabs tables of the same rows, the best cells in bold
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\bottomrule") >= 3 and r"\toprule" in tex
+    assert r"\textbf{" in tex and r"$\pm$" in tex and "±" not in tex
+    if shutil.which("pdflatex"):  # compile it where a LaTeX install is there
+        doc = folder / "doc.tex"
+        doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n\\input{summary.tex}\n"
+                       "\\end{document}\n")
+        built = subprocess.run(["pdflatex", "-interaction=nonstopmode", "doc.tex"], cwd=folder, capture_output=True)
+        assert built.returncode == 0, built.stdout[-2000:]
     rows = list(csv.DictReader((folder / "rounds.csv").open()))
     assert [r["method"] for r in rows] == ["dense"] + ["imp"] * 3 + ["distilled"] * 3 + ["random"] * 3
     tables = json.loads((folder / "summary.json").read_text())

@@ -324,3 +324,27 @@ def test_embedded_mnist():
     assert torch.bincount(ds.y_train, minlength=10).tolist() == [1000] * 10
     assert torch.bincount(ds.y_test, minlength=10).tolist() == [200] * 10
     assert 0.1 < ds.x_train.float().mean().item() / 255 < 0.16  # real digits, not noise
+
+
+def test_zca_is_fitted_once_per_training_set_and_read_from_the_cache_after(monkeypatch, tmp_path):
+    from dpcore.data import zca as zca_mod
+
+    monkeypatch.setenv("DPTUI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(zca_mod, "_FITTED", {})
+    x = torch.randint(0, 256, (64, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    first = zca_mod.ZCA.fit_cached(x)
+    (saved,) = (tmp_path / "cache" / "zca").glob("*.pt")
+    monkeypatch.setattr(zca_mod, "_FITTED", {})  # a new process: only the disk cache is left
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted again")
+
+    monkeypatch.setattr(zca_mod.ZCA, "fit", classmethod(no_fit))
+    again = zca_mod.ZCA.fit_cached(x)
+    assert torch.equal(again.transform, first.transform) and torch.equal(again.mean, first.mean)
+    assert zca_mod.ZCA.fit_cached(x) is again  # and this process keeps it
+    other = x.clone()
+    other[0, 0, 0, 0] ^= 1  # another training set: another key, fitted anew
+    with pytest.raises(AssertionError, match="fitted again"):
+        zca_mod.ZCA.fit_cached(other)
+    assert saved.exists()

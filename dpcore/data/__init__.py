@@ -179,5 +179,5 @@ def whiten(ds: Dataset) -> Dataset:
     """ZCA-whiten a uint8 dataset as MTT does (fit on the [0, 1]-scaled train split, eps 0.1)."""
     if ds.whitened:
         return ds
-    z = ZCA.fit(ds.x_train)
+    z = ZCA.fit_cached(ds.x_train)
     return replace(ds, x_train=z(ds.x_train), x_test=z(ds.x_test), whitened=True)

@@ -9,20 +9,40 @@ decomposes it (SVD; for a symmetric PSD matrix that equals the eigendecompositio
 Here the covariance is accumulated in float64 over chunks of rows (so 50k x 3072 CIFAR needs no
 float copy of the whole set), decomposed with ``eigh`` in float64, and the transform is stored
 and applied in float32 like kornia.
+
+:meth:`ZCA.fit_cached` fits once per training set: on a GPU when there is one (the 3072 x 3072 float64
+``eigh`` takes seconds on a CPU core), kept for the process and on disk (``$DPTUI_CACHE_DIR``, default
+``~/.cache/dptui``, ``zca/<hash of the images and eps>.pt``), so every run, worker process and dashboard launch
+after the first reads it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from dpcore.errors import DataError
 
-__all__ = ["ZCA", "MTT_ZCA_EPS"]
+__all__ = ["ZCA", "MTT_ZCA_EPS", "zca_cache_dir"]
 
 MTT_ZCA_EPS = 0.1
+CACHE_ENV = "DPTUI_CACHE_DIR"
+_FITTED: dict[str, "ZCA"] = {}  # this process's fits, by key
+
+
+def zca_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dptui") / "zca"
+
+
+def _key(x: Tensor, eps: float) -> str:
+    digest = hashlib.sha256(f"{tuple(x.shape)}|{x.dtype}|{eps!r}|".encode())
+    digest.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
 
 
 def _rows01(x: Tensor, start: int, stop: int, dtype: torch.dtype) -> Tensor:
@@ -81,6 +101,35 @@ class ZCA:
             shape=tuple(x01.shape[1:]),
             eps=float(eps),
         )
+
+    @classmethod
+    def fit_cached(cls, x01: Tensor, eps: float = MTT_ZCA_EPS) -> "ZCA":
+        """:meth:`fit`, once per training set: from this process's fits, else the disk cache, else fitted (on
+        CUDA when available) and saved there. Returned on the CPU, like :meth:`fit` of CPU images."""
+        from dpcore.safe_load import safe_torch_load
+        from dpcore.store import atomic_torch_save
+
+        key = _key(x01, eps)
+        if key in _FITTED:
+            return _FITTED[key]
+        path = zca_cache_dir() / f"{key}.pt"
+        zca = None
+        if path.is_file():
+            try:
+                d = safe_torch_load(path)
+                zca = cls(d["mean"], d["transform"], d["transform_inv"], tuple(d["shape"]), float(d["eps"]))
+            except (DataError, KeyError, TypeError, ValueError):
+                zca = None  # unreadable: fit again and replace it
+        if zca is None:
+            on = torch.device("cuda") if torch.cuda.is_available() else x01.device
+            zca = cls.fit(x01.to(on), eps).to("cpu")
+            try:
+                atomic_torch_save(path, {"mean": zca.mean, "transform": zca.transform,
+                                         "transform_inv": zca.transform_inv, "shape": list(zca.shape), "eps": zca.eps})
+            except OSError:
+                pass  # a read-only home: the fit is kept for this process only
+        _FITTED[key] = zca
+        return zca
 
     def _check(self, x: Tensor) -> None:
         if tuple(x.shape[1:]) != self.shape:
