@@ -56,6 +56,20 @@ def _dump(obj, values: dict | None = None) -> dict:
     return out
 
 
+class _Record:
+    """``from_json`` / ``to_json`` of a record of ``results.json`` (its known keys typed, the rest in ``extra``)."""
+
+    WHAT: ClassVar[str] = ""  # how errors name it
+
+    @classmethod
+    def from_json(cls, d: dict):
+        known, extra = _split(cls, d, cls.WHAT)
+        return cls(**known, extra=extra)
+
+    def to_json(self) -> dict:
+        return _dump(self)
+
+
 @dataclass(frozen=True)
 class RoundRow:
     """One finished round of a run (``results.json["rounds"][i]``, ``round_NNN.json`` and the RoundDone event).
@@ -99,9 +113,10 @@ class RoundRow:
 
 
 @dataclass(frozen=True)
-class DenseResult:
+class DenseResult(_Record):
     """The dense baseline of the run's seed (``results.json["dense"]``): test accuracy and training time."""
 
+    WHAT: ClassVar[str] = "dense"
     NULLABLE: ClassVar[frozenset] = frozenset({"test_acc", "train_s"})
     SKIP_EMPTY: ClassVar[frozenset] = frozenset()
 
@@ -109,21 +124,14 @@ class DenseResult:
     train_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_json(cls, d: dict) -> "DenseResult":
-        known, extra = _split(cls, d, "dense")
-        return cls(**known, extra=extra)
-
-    def to_json(self) -> dict:
-        return _dump(self)
-
 
 @dataclass(frozen=True)
-class SyntheticInfo:
+class SyntheticInfo(_Record):
     """The synthetic set of a distilled run (``results.json["synthetic"]``). ``distill_s`` is None for a set
     made elsewhere; ``cached``: read from the store's cache, made once by a shared stage or an earlier run (its
     ``distill_s`` is the time it took then)."""
 
+    WHAT: ClassVar[str] = "synthetic"
     NULLABLE: ClassVar[frozenset] = frozenset({"source", "images", "ipc", "distill_s", "cached", "lr"})
     SKIP_EMPTY: ClassVar[frozenset] = frozenset()
 
@@ -135,20 +143,13 @@ class SyntheticInfo:
     lr: float | None = None  # the set's learned learning rate, if it has one
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_json(cls, d: dict) -> "SyntheticInfo":
-        known, extra = _split(cls, d, "synthetic")
-        return cls(**known, extra=extra)
-
-    def to_json(self) -> dict:
-        return _dump(self)
-
 
 @dataclass
-class RewindInfo:
+class RewindInfo(_Record):
     """The rewind point (``results.json["rewind"]``): ``k`` in ``unit`` ("epoch" or "step"), as a global
     ``step``; ``rewind_s``: the dense training's time up to it (set once the dense baseline is known)."""
 
+    WHAT: ClassVar[str] = "rewind"
     NULLABLE: ClassVar[frozenset] = frozenset()
     SKIP_EMPTY: ClassVar[frozenset] = frozenset()
 
@@ -157,14 +158,6 @@ class RewindInfo:
     step: int | None = None
     rewind_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, d: dict) -> "RewindInfo":
-        known, extra = _split(cls, d, "rewind")
-        return cls(**known, extra=extra)
-
-    def to_json(self) -> dict:
-        return _dump(self)
 
     @property
     def text(self) -> str:

@@ -133,3 +133,29 @@ async def test_interpolation_curves_and_the_empty_state(tmp_path):
                        and on_screen(app, "InterpolationScreen"), what="the csv export")
         await pilot.press("escape")
         await wait_for(pilot, lambda: on_screen(app, "RunsScreen"), what="the runs screen")
+
+
+def test_remaining_ticks_run_from_100_to_the_sparsest_mask_on_round_values():
+    from dptui.app.compare_screen import remaining_ticks
+
+    sparsities = [100 * (1 - 0.8 ** r) for r in range(1, 15)]
+    ticks = remaining_ticks(sparsities)
+    assert ticks[0] == 100.0 and abs(ticks[-1] - 100 * 0.8 ** 14) < 1e-3 and len(ticks) == 6
+    assert all(any(abs(t - (100 - s)) < 1e-3 for s in sparsities) for t in ticks[1:])
+    assert ticks == sorted(ticks, reverse=True)
+
+
+@run_async
+async def test_compare_plots_against_weights_remaining_on_a_log_axis_and_x_switches_to_linear(tmp_path):
+    app = make_test_app(demo_store(tmp_path / "runs"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_screen(app, pilot, lambda: app.open_compare(DEMO), "CompareScreen")
+        await shows(app, pilot, "Compare  5 runs: demo")
+        plot = app.screen.query_one(PlotextPlot)
+        assert "weights remaining % (log)" in plot.plt.build()
+        await pilot.press("x")
+        await wait_for(pilot, lambda: "vs sparsity %" in app.screen.query_one(PlotextPlot).plt.build(),
+                       what="the linear sparsity axis")
+        await pilot.press("x")
+        await wait_for(pilot, lambda: "weights remaining % (log)" in app.screen.query_one(PlotextPlot).plt.build(),
+                       what="the log axis again")

@@ -155,3 +155,17 @@ def test_an_exception_in_training_fails_the_run_with_exit_1_and_the_others_go_on
     assert result.exit_code == 1
     statuses = sorted(json.loads(p.read_text())["status"] for p in (tmp_path / "r").glob("*/results.json"))
     assert statuses == ["done", "done", "failed"]
+
+
+def test_switching_the_synthetic_method_says_how_to_drop_the_old_methods_parameters(tmp_path, tiny_profile):
+    from dpcore.experiment import Experiment
+
+    switch = ["--set", "synthetic.method='el2n'"]
+    proc = dptui("--headless", "--profile", str(tiny_profile), "--runs-dir", str(tmp_path / "runs"), *switch)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "unknown parameter(s) batch_real, iterations" in line and "--set 'synthetic.params={}'" in line
+    fixed = Experiment.from_profile(str(tiny_profile), ["synthetic.method='el2n'", "synthetic.params={}",
+                                                        "synthetic.params.seeds=2"], runs_dir=tmp_path / "runs")
+    fixed.check()  # following the line: the experiment is valid
+    assert fixed.cfg.synthetic.params == {"seeds": 2}

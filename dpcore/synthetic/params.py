@@ -24,7 +24,9 @@ def resolve_params(method: str, defaults: dict[str, Any], params: dict[str, Any]
     if unknown:
         allowed = ", ".join(sorted(defaults)) if defaults else "none (this method takes no parameters)"
         raise ConfigError(
-            f"synthetic method {method!r}: unknown parameter(s) {', '.join(unknown)}; allowed: {allowed}"
+            f"synthetic method {method!r}: unknown parameter(s) {', '.join(unknown)}; allowed: {allowed}. "
+            f"Parameters of another method (the profile's?) stay unless dropped: add --set 'synthetic.params={{}}' "
+            f"after --set 'synthetic.method=\"{method}\"' (then --set synthetic.params.KEY=VALUE for its own)"
         )
     out: dict[str, Any] = {}
     for key, default in defaults.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.text import Text
@@ -47,6 +48,16 @@ def curves(views: list[RunView]) -> tuple[list[tuple[str, list[float], list[floa
     return lines, dense
 
 
+def remaining_ticks(sparsities_pct: list[float], most: int = 6) -> list[float]:
+    """Up to ``most`` tick values of weights remaining (%), from 100 to the sparsest mask plotted, evenly spread on
+    the log axis and each one a round's value (so a tick reads as that round's sparsity: 100 - tick)."""
+    values = sorted({round(100 - s, 4) for s in sparsities_pct} | {100.0}, reverse=True)
+    if len(values) <= most:
+        return values
+    step = (len(values) - 1) / (most - 1)
+    return [values[round(i * step)] for i in range(most)]
+
+
 def t2m_summary(views: list[RunView]) -> Text:
     """Per experiment and method: time-to-mask at its deepest round; then the headline, one line per method
     against imp (speed-up and accuracy at the deepest round both validated)."""
@@ -86,6 +97,7 @@ class CompareScreen(DashScreen):
         KEYS,
         Binding("escape", "app.pop_screen", "Back"),
         Binding("t", "next_table", "Next table"),
+        Binding("x", "toggle_axis", "Log/linear x"),
         Binding("a", "all", "All/none"),
         Binding("e", "export", "Export"),
         Binding("q", "app.quit", "Quit"),
@@ -95,6 +107,7 @@ class CompareScreen(DashScreen):
         super().__init__()
         self.run_ids = list(run_ids)
         self.table_index = 0
+        self.log_axis = True  # x: weights remaining % on a log scale (the lottery-ticket axis); x toggles
         self._options: list[str] = []
         self._shown: tuple | None = None
 
@@ -164,14 +177,29 @@ class CompareScreen(DashScreen):
         plt.clear_figure()
         lines, dense = curves(views)
         dense_text = ", ".join(f"{label} {y:.2f}%" for label, y in dense)
-        plt.title("validated accuracy % vs sparsity %" + (f"  (line: {dense_text})" if dense else ""))
+        axis = "weights remaining % (log)" if self.log_axis else "sparsity %"
+        plt.title(f"validated accuracy % vs {axis}" + (f"  (line: {dense_text})" if dense else ""))
         for label, xs, ys in lines:
-            plt.plot(xs, ys, label=label, marker="braille")
+            plt.plot([self.x_of(x) for x in xs], ys, label=label, marker="braille")
         for _, y in dense:
             plt.hline(y, "gray")
+        if lines and self.log_axis:
+            ticks = remaining_ticks([x for _, xs, _ in lines for x in xs])
+            plt.xticks([self.x_of(100 - r) for r in ticks], [f"{r:.3g}" for r in ticks])
+            plt.xlim(self.x_of(0.0), self.x_of(100 - ticks[-1]))  # from 100% of the weights to the fewest
+        plt.xlabel(axis)
         if not lines:
             plt.title("no finished rounds in the picked runs yet")
         widget.refresh()
+
+    def x_of(self, sparsity_pct: float) -> float:
+        """Where a sparsity goes on the x axis: -log10(weights remaining %) (100% at the left, the sparsest
+        masks to the right, each halving of the weights the same width), or the sparsity itself."""
+        return -math.log10(max(100.0 - sparsity_pct, 1e-3)) if self.log_axis else sparsity_pct
+
+    def action_toggle_axis(self) -> None:
+        self.log_axis = not self.log_axis
+        self._plot(self.views())
 
     def _show_table(self) -> None:
         tables = self.tables()
