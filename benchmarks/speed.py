@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--inner-model", default="convnet", choices=("convnet", "alexnet"),
                     help="the net of the distilled inner loop (ConvNet-128 on CUDA, ConvNet-32 on a CPU; or AlexNet)")
     ap.add_argument("--images", type=int, default=0, help="training images per timed epoch (0: 50k on CUDA)")
+    ap.add_argument("--inner-epochs", type=int, default=0,
+                    help="steps of a timed inner loop (0: 200 on CUDA, 20 on a CPU)")
     ap.add_argument("--all", action="store_true", help="on CUDA, also compile every precision of every workload")
     return ap.parse_args(argv)
 
@@ -288,7 +290,7 @@ def bench_inner_loop(device: torch.device, reps: int, log) -> Result:
     else:
         w = Workload("inner", "convnet", {"width": 128 if device.type == "cuda" else 32}, 256, 100)
         name = f"distilled inner loop (convnet-{w.options['width']}, 100 img)"
-    epochs = 200 if device.type == "cuda" else 20
+    epochs = ARGS.inner_epochs or (200 if device.type == "cuda" else 20)
     g = torch.Generator(device=device).manual_seed(1)
     syn = SyntheticSet(torch.randn(100, *SHAPE, device=device, generator=g),
                        torch.arange(CLASSES, device=device).repeat_interleave(10), lr=None)

@@ -194,6 +194,8 @@ class _Pool:
                     for claim in self.claims.values():
                         claim.release()
             self.drain()
+            self.events.close()
+            self.events.join_thread()
         return [self.results[p.run_id] for p in self.exp.plans if p.run_id in self.results]
 
     def drive(self, pool: ProcessPoolExecutor, todo: list[RunPlan]) -> None:
