@@ -77,3 +77,14 @@ def set_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def peak_memory_mb(device_type: str) -> float:
+    """This process's peak memory so far: CUDA memory allocated on a GPU, else its peak resident set (MiB)."""
+    if device_type == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

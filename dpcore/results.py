@@ -200,6 +200,7 @@ class RunResults:
     updated_at: float | None = None
     prunable_weights: int | None = None
     train_images: int | None = None  # the real training images the run trained on
+    peak_memory_mb: float | None = None  # its process's peak resident memory (CPU) or CUDA memory allocated (GPU)
     # the analyses' results, as they write them (dpcore.analysis.stage)
     instability: list[dict] | None = None
     weight_histograms: dict | None = None

@@ -34,6 +34,9 @@ def main_command(ctx: typer.Context,
                  out: Optional[Path] = typer.Option(None, "--out", help="folder for the exported tables (headless)"),
                  run_ids: Optional[list[str]] = typer.Option(
                      None, "--run-id", help="run only these runs of the experiment (repeatable; see `dptui runs`)"),
+                 dry_run: bool = typer.Option(False, "--dry-run",
+                                              help="plan and check the experiment and estimate each run's wall time "
+                                                   "and the experiment's (headless); run nothing"),
                  jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=0,
                                                     help="runs at once on this machine, each in its own process "
                                                          "(sets run.jobs; 0 = auto)"),
@@ -56,7 +59,8 @@ def main_command(ctx: typer.Context,
         from .headless import run_headless
 
         console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-        raise typer.Exit(run_headless(cfg, runs_path(runs_dir), data_root, out, console, only=run_ids or None))
+        raise typer.Exit(run_headless(cfg, runs_path(runs_dir), data_root, out, console, only=run_ids or None,
+                                      dry_run=dry_run))
     from .app import run_dashboard  # the dashboard, opened on the given profile and run store
 
     raise typer.Exit(run_dashboard(str(profile), overrides or [], runs_path(runs_dir), data_root))

@@ -101,7 +101,7 @@ class LiveDisplay:
 
 
 def run_headless(cfg: Config, runs_dir: Path, data_root: str | None, out_dir: Path | None,
-                 console: Console, only: list[str] | None = None) -> int:
+                 console: Console, only: list[str] | None = None, dry_run: bool = False) -> int:
     """Returns the exit code: 0 all runs done, 1 a run failed, 130 stopped by Ctrl-C.
 
     The whole experiment is checked first (:meth:`Experiment.check`): bad input raises :class:`DPError`
@@ -109,6 +109,12 @@ def run_headless(cfg: Config, runs_dir: Path, data_root: str | None, out_dir: Pa
     exp = Experiment(cfg, runs_dir, data_root, only=only)
     exp.check()
     cap = exp.capacity()
+    if dry_run:  # what it would cost, nothing run (the calibration trains a few steps in this process)
+        from dpcore.estimate import estimate, estimate_table
+
+        console.print(f"[dim]{len(exp.plans)} runs, {cap.line()}[/]")
+        console.print(to_rich(estimate_table(estimate(exp))))
+        return 0
     parallel = exp.cfg.run.executor == "ray" or cap.jobs > 1
     if cfg.run.executor != "ray" and len(exp.plans) > 1:
         console.print(f"[dim]{len(exp.plans)} runs, {cap.line()}[/]")

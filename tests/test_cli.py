@@ -169,3 +169,19 @@ def test_switching_the_synthetic_method_says_how_to_drop_the_old_methods_paramet
                                                         "synthetic.params.seeds=2"], runs_dir=tmp_path / "runs")
     fixed.check()  # following the line: the experiment is valid
     assert fixed.cfg.synthetic.params == {"seeds": 2}
+
+
+def test_dry_run_estimates_each_run_from_a_calibration_then_from_the_store_and_runs_nothing(tmp_path, tiny_profile):
+    runs = tmp_path / "runs"
+    base = ("--headless", "--profile", str(tiny_profile), "--runs-dir", str(runs))
+    first = dptui(*base, "--dry-run")
+    assert first.returncode == 0, first.stderr
+    assert "Estimate" in first.stdout and first.stdout.count("calibration (12 timed steps here)") == 3
+    assert "experiment, 1 at once" in first.stdout and "est. peak MiB" in first.stdout
+    assert "not distilled yet" in first.stdout or "still to be distilled" in first.stdout
+    assert not list(runs.glob("*/results.json"))  # nothing ran
+    assert dptui(*base).returncode == 0
+    again = dptui(*base, "--dry-run")
+    assert again.stdout.count("done (read from the store)") == 3
+    other_seed = dptui(*base, "--dry-run", "--set", "run.seeds=[1]")
+    assert other_seed.stdout.count("store (1 past run)") == 3  # same model, data, training: the store's times

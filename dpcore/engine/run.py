@@ -20,6 +20,7 @@ from ..events import (CompileFallback, DenseDone, EpochProgress, Event, RoundDon
                       Sink, StageStarted, Waiting, fan_out)
 from ..masks import Mask, full_mask, layer_sparsity, mask_to_cpu, prunable, remaining_target, sparsity
 from ..methods import Inner, get_method
+from ..parallel import peak_memory_mb
 from ..models import build_model
 from ..safe_load import safe_torch_load
 from ..store import RunDir, atomic_torch_save, config_hash
@@ -221,7 +222,7 @@ class Run:
             self.dir.write_results(self.results)
             self.event(RunFailed, error=message)
             return self.results
-        self.results.update(status=status, updated_at=time.time())
+        self.results.update(status=status, updated_at=time.time(), peak_memory_mb=round(peak_memory_mb(self.device.type), 1))
         self.dir.write_results(self.results)
         self.event(RunDone, status=status, rounds_done=len(self.results["rounds"]),
                    wall_s=time.perf_counter() - wall)
