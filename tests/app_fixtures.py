@@ -209,12 +209,16 @@ class FakeLauncher:
         return dict(self.fake_entries)
 
 
+FIXED_LOAD = "cpu 12% of 2 · mem 3.1/23.4 GiB"
+
+
 def make_test_app(runs: Path, **kw):
     """The real app on a fake store: fast polling, no cursor blink, a recording launcher."""
     from dptui.app import make_app
 
     kw.setdefault("launcher", FakeLauncher(Path(runs), gpu_count=kw.pop("gpu_count", 0)))
     kw.setdefault("blink", False)
+    kw.setdefault("load_probe", lambda: FIXED_LOAD)  # the header's load line, fixed: snapshots stay the same
     kw.setdefault("poll_s", 0.05)
     kw.setdefault("follow_s", 0.05)
     return make_app(runs, **kw)

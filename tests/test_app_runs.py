@@ -1,6 +1,11 @@
 """Runs screen: Pilot tests on a fake store (every binding), live updates, export."""
 
+import itertools
 import json
+import os
+import re
+
+import torch
 
 from app_fixtures import (CIFAR, DIST0, DIST1, IMP0, IMP1, RAND0, demo_store, launch_entry, make_test_app,
                           on_screen, run_async, screen_text, settled, wait_for, write_run)
@@ -225,3 +230,41 @@ async def test_a_launched_run_that_has_not_started_shows_as_queued(tmp_path):
         row = cells_of(app, rid)
         assert row[1:6] == ["quickstart", "imp", "0", "queued", "0/3"]
         assert json.dumps(app.active_run_count()) == "1"
+
+
+def test_the_load_probe_reads_cpu_and_memory_and_says_when_a_gpu_cannot_be_read():
+    from dptui.app.load import LoadProbe
+
+    probe = LoadProbe()
+    first, second = probe(), probe()  # the second: the CPU share since the first
+    for line in (first, second):
+        cpu, mem = line.split(" · ")
+        assert cpu.startswith("cpu ") and cpu.endswith(f"% of {os.cpu_count()}") and mem.startswith("mem ")
+        used, total = mem.removeprefix("mem ").removesuffix(" GiB").split("/")
+        assert 0 < float(used) <= float(total)
+    if not torch.cuda.is_available():
+        assert LoadProbe(gpus=1)().endswith("gpu0 unreadable")
+
+
+@run_async
+async def test_the_header_shows_the_machines_load_and_follows_it(tmp_path):
+    counter = itertools.count(10)
+    app = make_test_app(demo_store(tmp_path / "runs"), load_probe=lambda: f"cpu {next(counter)}% of 2 · mem 1/8 GiB",
+                        load_s=0.05)
+
+    def shown() -> int:
+        found = re.search(r"cpu (\d+)% of 2 · mem 1/8 GiB", screen_text(app))
+        return int(found[1]) if found else -1
+
+    seen: list[int] = []  # the readings the header showed, in order
+
+    def saw_another() -> bool:
+        value = shown()
+        if value >= 10 and (not seen or value != seen[-1]):
+            seen.append(value)
+        return len(seen) >= 2
+
+    # wide enough for the title with pytest's long store path and the load line beside it
+    async with app.run_test(size=(220, 40)) as pilot:
+        await wait_for(pilot, saw_another, what="a load reading in the header, then a later one replacing it")
+    assert seen[1] > seen[0]

@@ -27,6 +27,14 @@ from .follow import Mailbox, RunFollower, StoreScanner, StoreSnapshot
 from .model import RunLive, RunView, build_view
 
 
+class LoadChanged(Message):
+    """The machine's load line changed (sampled by a worker thread)."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+
 class StoreChanged(Message):
     """The poll loop saw the store change (the new snapshot waits in the mailbox)."""
 
@@ -67,7 +75,7 @@ class DashboardApp(App):
     def __init__(self, runs_dir: Path, *, profile: str = "quickstart", overrides: list[str] | None = None,
                  data_root: str | None = None, launcher: Launcher | None = None, gpu_count: int | None = None,
                  poll_s: float = 1.0, follow_s: float = 0.25, blink: bool = True, theme: str = "textual-dark",
-                 start_screen: str = "runs"):
+                 start_screen: str = "runs", load_probe=None, load_s: float = 3.0):
         super().__init__()
         self.runs_dir_display = str(runs_dir)
         self.runs_dir = Path(runs_dir).absolute()
@@ -90,6 +98,8 @@ class DashboardApp(App):
         self.loaded = False
         self.data_version = 0  # bumped whenever views or lives change; a screen records the one it drew
         self.counts = {"store_changed": 0, "run_changed": 0, "refreshes": 0}
+        # The header's load line: a callable returning it (tests pass a fixed one), sampled every ``load_s`` s.
+        self.load_probe, self.load_s, self.load_text = load_probe, load_s, ""
 
     # -- lifecycle -----------------------------------------------------------------------------
     def on_mount(self) -> None:
@@ -100,6 +110,35 @@ class DashboardApp(App):
         if self.start_screen == "launch":
             self.open_launch()
         self.poll_loop()
+        self.load_loop()
+
+    # -- the machine's load ----------------------------------------------------------------------
+    @work(thread=True, exit_on_error=False, group="load", exclusive=True, name="sample load")
+    def load_loop(self) -> None:
+        """Sample the load of the devices the runs use (CPU and memory; each GPU) off the UI thread."""
+        worker = get_current_worker()
+        if self.load_probe is None:
+            from .load import LoadProbe
+
+            self.load_probe = LoadProbe(self.launcher.gpu_count())
+        last = None
+        while not worker.is_cancelled:
+            try:
+                text = self.load_probe()
+            except Exception as err:  # noqa: BLE001 - the header says it cannot read the load; the app goes on
+                text = f"load unreadable ({type(err).__name__})"
+            if text != last:
+                last = text
+                self.post_message(LoadChanged(text))
+            end = time.monotonic() + self.load_s
+            while not worker.is_cancelled and time.monotonic() < end:  # short waits: quitting never waits on it
+                time.sleep(0.1)
+
+    def on_load_changed(self, message: LoadChanged) -> None:
+        self.load_text = message.text
+        screen = self.screen
+        if getattr(screen, "show_load", None) is not None:
+            screen.show_load()
 
     def active_run_count(self) -> int:
         return sum(1 for v in self.views.values() if v.active)

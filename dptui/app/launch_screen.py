@@ -170,6 +170,7 @@ class LaunchScreen(DashScreen):
             opts.highlighted = profiles.index(self.profile)
         await self.load(self.profile, self.initial_overrides)
         self.query_one("#overrides").focus()
+        self.show_load()
         self.ready = True
 
     def profile_names(self) -> list[str]:
