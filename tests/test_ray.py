@@ -178,7 +178,7 @@ async def test_dashboard_launches_on_ray_shows_nodes_cancels_and_resumes(cluster
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)  # the detached driver and `dptui cluster` inherit it
     runs = tmp_path / "runs"
     app = make_app(runs, profile=str(tiny_profile), gpu_count=0, blink=False, poll_s=0.2, follow_s=0.1,
-                   overrides=['prune.methods=["imp"]', "prune.rounds=40", "train.epochs=3", "run.threads=1"])
+                   overrides=['prune.methods=["imp"]', "prune.rounds=40", "train.epochs=10", "run.threads=1"])
     async with app.run_test(size=(110, 32)) as pilot:
         await wait_for(pilot, lambda: settled(app, "RunsScreen"), what="the empty store")
         await pilot.press("l")
@@ -199,7 +199,8 @@ async def test_dashboard_launches_on_ray_shows_nodes_cancels_and_resumes(cluster
         await pilot.press("c")
         await wait_for(pilot, lambda: on_screen(app, "ConfirmModal"), what="the cancel question")
         await pilot.press("y")
-        await wait_for(pilot, lambda: app.views[rid].status == "stopped", timeout=120, what="the run to stop")
+        await wait_for(pilot, lambda: app.views[rid].status == "stopped", timeout=120,
+                       what=f"the run to stop (it is {app.views[rid].status} after {len(app.views[rid].rows)} rounds)")
         stopped_after = len(app.views[rid].rows)
         assert stopped_after < 40
         await wait_for(pilot, lambda: on_screen(app, "RunsScreen"), what="the runs screen")
