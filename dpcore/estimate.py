@@ -84,7 +84,7 @@ def _past_rounds(runs_dir: Path) -> dict[tuple, list[tuple[float, float, float |
             per_round += (0.0 if inner and inner == before else inner) + (r.prune_s or 0.0) + (r.val_train_s or 0.0)
             before = r.val_train_s
         method = cfg.get("run", {}).get("method", res.method)
-        out.setdefault(_signature({**cfg, "run": {**cfg.get("run", {})}}, method), []).append(
+        out.setdefault(_signature(cfg, method), []).append(
             (dense, per_round / len(res.rounds), res.peak_memory_mb))
     return out
 

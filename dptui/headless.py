@@ -109,15 +109,14 @@ def run_headless(cfg: Config, runs_dir: Path, data_root: str | None, out_dir: Pa
     exp = Experiment(cfg, runs_dir, data_root, only=only)
     exp.check()
     cap = exp.capacity()
+    if cfg.run.executor != "ray" and (len(exp.plans) > 1 or dry_run):
+        console.print(f"[dim]{len(exp.plans)} runs, {cap.line()}[/]")
     if dry_run:  # what it would cost, nothing run (the calibration trains a few steps in this process)
         from dpcore.estimate import estimate, estimate_table
 
-        console.print(f"[dim]{len(exp.plans)} runs, {cap.line()}[/]")
         console.print(to_rich(estimate_table(estimate(exp))))
         return 0
     parallel = exp.cfg.run.executor == "ray" or cap.jobs > 1
-    if cfg.run.executor != "ray" and len(exp.plans) > 1:
-        console.print(f"[dim]{len(exp.plans)} runs, {cap.line()}[/]")
     stop, restore_sigint = catch_ctrl_c(console)
     display = LiveDisplay(console, len(exp.plans), parallel=parallel)
     for plan in exp.plans:

@@ -6,23 +6,26 @@ shared stages go first (a dense baseline per seed, a synthetic set per source, e
 that need them, as the Ray executor does. Events come back through a queue and reach the sink here, in this
 process; each run also writes its own events file, as it does alone.
 
-Every run is claimed in the store before it starts (:mod:`dpcore.claims`). A run another process holds is put
-off: the others run first, then this process waits for it and reads what it finished (or resumes it, if the
-other process died), saying once which process has it.
+Every run is claimed in the store before it starts (:mod:`dpcore.claims`), by the process that runs it (this one,
+or its worker, so a driver killed mid-run releases nothing a worker of its still writes; its workers then exit). A run another
+process holds is put off: the others run first, then this process waits for it and reads what it finished (or
+resumes it, if the other process died), saying once which process has it.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from dpcore.claims import Claim, claim_path
+from dpcore.claims import Claim, claim_path, holder
 from dpcore.config import Config, to_dict
 from dpcore.engine import (RunPlan, SharedStage, SyntheticSources, error_line, execute_run, finished_results,
                            make_stage, shared_stages)
@@ -64,9 +67,8 @@ def record_failure(cfg: Config, plan: RunPlan, dataset_name: str, runs_dir: Path
     return results
 
 
-def _waiting(sink: Sink | None, plan: RunPlan, claim: Claim) -> None:
-    from dpcore.claims import holder
-
+def say_waiting(sink: Sink | None, plan: RunPlan, claim: Claim) -> None:
+    """Tell ``sink`` once that ``plan``'s run is held by another process (which one, since when)."""
     if sink is not None:
         who = holder(claim.path)
         sink(Waiting(run_id=plan.run_id, what="this run", holder=who.line() if who else ""))
@@ -91,7 +93,7 @@ class _Serial:
                 break
             claim = Claim(claim_path(self.exp.runs_dir, "run", plan.run_id))
             if not claim.try_acquire():
-                _waiting(self.sink, plan, claim)
+                say_waiting(self.sink, plan, claim)
                 put_off.append((plan, claim))
                 continue
             try:
@@ -114,8 +116,17 @@ class _Serial:
 _WORKER: dict = {}  # per worker process: the event queue, the stop flag, the checked experiment
 
 
+def _exit_with_driver(driver: int) -> None:
+    """A worker whose driver died (kill -9) exits too, releasing its claim, rather than live on unobserved: another
+    driver then resumes the run after its last finished round."""
+    while os.getppid() == driver:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def _init_worker(events, stop, threads: int, gpus: int, counter) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the driver, which sets ``stop``
+    threading.Thread(target=_exit_with_driver, args=(os.getppid(),), daemon=True).start()
     set_threads(threads)
     if gpus:
         import torch
@@ -140,9 +151,18 @@ def _stage_task(cfg: Config, stage: SharedStage, runs_dir: Path, data_root) -> N
 
 
 def _run_task(cfg: Config, plan: RunPlan, runs_dir: Path, data_root) -> dict:
+    """One run in a worker, under its claim, which this process holds while it runs: a driver killed meanwhile
+    releases nothing that another driver could take while this worker still writes the run."""
     checked = _checked(cfg, runs_dir, data_root)
-    return execute_run(cfg, plan, checked, runs_dir, data_root=data_root, sink=_WORKER["events"].put,
-                       should_stop=_WORKER["stop"].is_set)
+    claim = Claim(claim_path(runs_dir, "run", plan.run_id))
+    if not claim.try_acquire():  # taken since the driver looked: wait for it, then read (or resume) the run
+        say_waiting(_WORKER["events"].put, plan, claim)
+        claim.acquire()
+    try:
+        return execute_run(cfg, plan, checked, runs_dir, data_root=data_root, sink=_WORKER["events"].put,
+                           should_stop=_WORKER["stop"].is_set)
+    finally:
+        claim.release()
 
 
 class _Pool:
@@ -161,7 +181,6 @@ class _Pool:
         self.stages: dict[str, SharedStage] = {}
         self.made: set[str] = set()
         self.failed: dict[str, str] = {}  # stage key -> why
-        self.claims: dict[str, Claim] = {}
         self.put_off: set[str] = set()
 
     def plan(self) -> list[RunPlan]:
@@ -191,8 +210,6 @@ class _Pool:
                     self.drive(pool, todo)
                 finally:
                     self.stop.set()
-                    for claim in self.claims.values():
-                        claim.release()
             self.drain()
             self.events.close()
             self.events.join_thread()
@@ -227,13 +244,13 @@ class _Pool:
                     continue
                 if not all(k in self.made for k in needs):
                     continue
-                claim = self.claims.get(plan.run_id) or Claim(claim_path(root, "run", plan.run_id))
+                claim = Claim(claim_path(root, "run", plan.run_id))  # held by another process? then later
                 if not claim.try_acquire():
                     if plan.run_id not in self.put_off:
                         self.put_off.add(plan.run_id)
-                        _waiting(self.sink, plan, claim)
+                        say_waiting(self.sink, plan, claim)
                     continue
-                self.claims[plan.run_id] = claim
+                claim.release()  # the worker that runs it takes it (see _run_task)
                 waiting.remove(plan)
                 running[pool.submit(_run_task, cfg, plan, root, data_root)] = ("run", plan)
             done, _ = wait(list(running), timeout=POLL_S, return_when=FIRST_COMPLETED)
@@ -257,7 +274,6 @@ class _Pool:
         self.failed[key] = "stopped" if self.stop.is_set() else f"{what} stage: {error_line(err)}"
 
     def run_done(self, fut: Future, plan: RunPlan) -> None:
-        claim = self.claims.pop(plan.run_id, None)
         err = fut.exception()
         if err is None:
             self.results[plan.run_id] = fut.result()
@@ -265,8 +281,6 @@ class _Pool:
             why = "its worker process died" if isinstance(err, BrokenProcessPool) else error_line(err)
             self.results[plan.run_id] = record_failure(self.exp.cfg, plan, self.checked.dataset.name,
                                                        self.exp.runs_dir, why, self.sink)
-        if claim is not None:
-            claim.release()
 
     def drain(self) -> None:
         """Hand the workers' events to the sink, here in the driver."""

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dpcore.claims import Claim, claim_path
 from dpcore.engine import RunPlan, SharedStage, error_line, finished_results, shared_stages
-from dpcore.events import Sink, Waiting, event_from_dict
+from dpcore.events import Sink, event_from_dict
 from dpcore.store import RunDir
 from dpcore.synthetic.provider import synthetic_cache_dir
 from dpcore.validate import Checked
 
 from ..files import read_tree, write_tree
-from ..local import record_failure
+from ..local import record_failure, say_waiting
 from .cluster import check_resources, cluster_status, connect, ray_address
 from .worker import NOT_SENT, CancelBoard, run_task, stage_task
 
@@ -253,10 +253,7 @@ class RayDriver:
             return True
         if not rs.put_off:
             rs.put_off = True
-            from dpcore.claims import holder
-
-            who = holder(rs.claim.path)
-            self.sink(Waiting(run_id=rs.plan.run_id, what="this run", holder=who.line() if who else ""))
+            say_waiting(self.sink, rs.plan, rs.claim)
         return False
 
     def waiting_on(self) -> list:
