@@ -47,6 +47,11 @@ class Table:
 METHOD_ORDER = {"dense": 0, "imp": 1, "distilled": 2, "random": 3, "snip": 4, "grasp": 5, "synflow": 6}
 
 
+def speedup(baseline: "Stat | None", method: "Stat | None") -> float | None:
+    """How many times faster ``method``'s mean time is than ``baseline``'s (None when either is missing)."""
+    return baseline.mean / method.mean if baseline and method and method.mean > 0 else None
+
+
 def format_cell(value: Any, kind: str) -> str:
     if value is None:
         return "-"
@@ -150,8 +155,8 @@ def speedup_table(results: list[RunResults], method: str = "distilled", baseline
             f"{baseline}_val_acc": Stat.of([r.val_acc for r in ra]),
             f"{method}_val_acc": Stat.of([r.val_acc for r in rb]),
             f"{baseline}_t2m": ta, f"{method}_t2m": tb,
-            "speedup": ta.mean / tb.mean if ta and tb and tb.mean > 0 else None,
-            "speedup_validated": va.mean / vb.mean if va and vb and vb.mean > 0 else None,
+            "speedup": speedup(ta, tb),
+            "speedup_validated": speedup(va, vb),
         })
     table.notes.append("t2m = time-to-mask (inner trainings + pruning); +val adds the final real training; "
                        "speed-up = baseline t2m / method t2m at the same round; time-to-distill is apart")
@@ -185,8 +190,8 @@ def methods_table(results: list[RunResults], baseline: str = "imp") -> Table:
                 "val_acc": Stat.of([r.val_acc for r in rows]),
                 f"{baseline}_val_acc": Stat.of([r.val_acc for r in base[rnd]]),
                 "t2m": t, f"{baseline}_t2m": tb,
-                "speedup": tb.mean / t.mean if t and tb and t.mean > 0 else None,
-                "speedup_validated": vb.mean / v.mean if v and vb and v.mean > 0 else None,
+                "speedup": speedup(tb, t),
+                "speedup_validated": speedup(vb, v),
             })
     table.notes.append("time-to-mask: inner trainings and pruning up to the round (imp, distilled, random); one "
                        "scoring of the initialisation (snip, grasp, synflow); +val adds the mask's real training")
@@ -223,8 +228,8 @@ def headline_table(results: list[RunResults], baseline: str = "imp") -> Table:
         table.rows.append({
             "method": label, "round": rnd, "sparsity": rows[0].sparsity, "val_acc": acc, f"{baseline}_val_acc": bacc,
             "points": 100 * (acc.mean - bacc.mean),
-            "speedup": tb.mean / t.mean if trains and t and tb and t.mean > 0 else None,
-            "speedup_validated": vb.mean / v.mean if trains and v and vb and v.mean > 0 else None,
+            "speedup": speedup(tb, t) if trains else None,
+            "speedup_validated": speedup(vb, v) if trains else None,
         })
     table.notes += headline_lines(table, baseline)
     table.notes.append(f"each method at the highest sparsity where it and {baseline} were validated; means over seeds; "
@@ -292,7 +297,7 @@ def distillers_table(results: list[RunResults], baseline: str = "imp") -> Table:
                 "val_acc": Stat.of([r.val_acc for r in rows]),
                 f"{baseline}_val_acc": Stat.of([r.val_acc for r in base.get(rnd, [])]),
                 f"{baseline}_t2m": ref,
-                "speedup": ref.mean / t2m.mean if ref and t2m and t2m.mean > 0 else None,
+                "speedup": speedup(ref, t2m),
                 "seeds": len(rows),
             })
     table.notes.append("distill = time-to-distill (once per source, shared by every seed; '-' for a set made "
