@@ -89,15 +89,15 @@ def _past_rounds(runs_dir: Path) -> dict[tuple, list[tuple[float, float, float |
     return out
 
 
-def _calibrate(exp: Experiment, threads: int) -> dict[str, float]:
+def _calibrate(exp: Experiment) -> dict[str, float]:
     """Seconds per step of the real training and of the synthetic inner loop, timed here on a few steps."""
     from .engine import Run
     from .masks import full_mask
-    from .parallel import peak_memory_mb, set_threads
+    from .parallel import peak_memory_mb
     from .synthetic.evaluate import dsa_augment
     from .training import Schedule, train
 
-    set_threads(threads if exp.device.type == "cpu" else exp.cfg.run.threads)
+    exp.use_threads()
     checked = exp.check()
     run = Run(exp.cfg, exp.plans[0], checked.dataset, exp.runs_dir)
     model = run.new_model()
@@ -155,7 +155,7 @@ def estimate(exp: Experiment) -> ExperimentEstimate:
             peak = max(peaks) if peaks else None
             source = f"store ({len(seen)} past run{'s' if len(seen) != 1 else ''})"
         else:
-            calibration = calibration or _calibrate(exp, cap.threads)
+            calibration = calibration or _calibrate(exp)
             real = exp.cfg.train.epochs * steps_per_epoch(n_train, exp.cfg.train.batch_size) * calibration["real_step_s"]
             validate = {"every": 1.0, "final": 1.0 / rounds, "none": 0.0}[exp.cfg.prune.validate]
             inner = {"imp": real, "distilled": exp.cfg.synthetic.epochs * calibration["syn_step_s"]}.get(plan.method, 0.0)

@@ -111,6 +111,13 @@ class Experiment:
         threads = self.cfg.run.threads or threads_from_env()
         return capacity(self.device.type, self.cfg.run.jobs, threads, gpus=gpus, runs=len(self.plans))
 
+    def use_threads(self) -> None:
+        """Give this process the torch threads one of the experiment's runs gets (a CPU's share, or
+        ``run.threads``), for work done here rather than in a worker."""
+        from .parallel import set_threads
+
+        set_threads(self.capacity().threads if self.device.type == "cpu" else self.cfg.run.threads)
+
     # -- doing it ------------------------------------------------------------------------------
     def check(self) -> Checked:
         """Check the whole experiment (device, store, data, model, every synthetic source) before any work;
@@ -145,10 +152,7 @@ class Experiment:
     def analyze(self, sink: Sink | None = None, should_stop: StopFlag | None = None) -> RunResults:
         """The ``[analysis]`` of a one-run experiment (:meth:`of_run`) on its finished rounds; returns its results."""
         (plan,) = self.plans
-        cap = self.capacity()
-        from .parallel import set_threads
-
-        set_threads(cap.threads if self.device.type == "cpu" else self.cfg.run.threads)
+        self.use_threads()
         return as_results(analyze_run(self.cfg, plan, self.check(), self.runs_dir, self.cfg.analysis, sink=sink,
                                       should_stop=should_stop))
 

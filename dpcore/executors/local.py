@@ -43,7 +43,7 @@ POLL_S = 0.2  # how often the driver looks at its stop flag and a put-off run's 
 def run_local(exp: Experiment, checked: Checked, cap: Capacity, *, sink: Sink | None,
               should_stop: Callable[[], bool]) -> list[dict]:
     if cap.jobs <= 1:
-        set_threads(cap.threads if exp.device.type == "cpu" else exp.cfg.run.threads)
+        exp.use_threads()
         return _Serial(exp, checked, sink, should_stop).run()
     return _Pool(exp, checked, cap, sink, should_stop).run()
 
