@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dpcore.claims import Claim
 from dpcore.errors import DataError
 from dpcore.safe_load import safe_torch_load
 from dpcore.store import atomic_torch_save, atomic_write_text
@@ -218,8 +219,13 @@ def ensure_experts(root: Path, dataset, model_factory: Callable[[], nn.Module], 
             if progress is not None:
                 progress(done + epoch, total, None)
 
-        obj = train_expert(data, model_factory, spec, i, device, on_epoch=on_epoch, should_stop=should_stop)
-        atomic_torch_save(_expert_file(folder, i), obj)
+        # Claimed while it is trained (the lock beside the experts folder, which holds experts only): another
+        # process training the same expert is waited for, then read.
+        with Claim(Path(root).parent / ".claims" / f"experts-{key}-{i:03d}.lock"):
+            obj = _read_expert(_expert_file(folder, i), flat, spec.epochs)
+            if obj is None:
+                obj = train_expert(data, model_factory, spec, i, device, on_epoch=on_epoch, should_stop=should_stop)
+                atomic_torch_save(_expert_file(folder, i), obj)
         stats[i] = (obj["train_s"], obj["test_acc"])
         buffer.put(i, obj["trajectory"])
         done += spec.epochs
