@@ -14,8 +14,9 @@ A benchmark, not a test::
   The engine is timed at every precision/compile setting that applies to the device (on CUDA compiled only
   for the fp32 ConvNets unless ``--all``: each compile takes tens of seconds there); its headline number
   (``engine_img_s``, ``ratio``) is fp32 with ``compile = "auto"`` as it resolves for a full-length training.
-* The distilled inner loop: 100 synthetic images, per-sample DSA, SGD, via ``train_on_synthetic`` (steps/s),
-  against the same seed-style loop with host-seeded DSA.
+* The distilled inner loop: 100 synthetic images, per-sample DSA, SGD, via ``train_on_synthetic`` (steps/s; on
+  CUDA each step one CUDA graph replay, the row's ``cuda_graphs``), against the same seed-style loop with
+  host-seeded DSA.
 * DM / GM / MTT distillation iterations/s with small settings, through ``DISTILLERS[name].distill``.
 
 Every number is the median of 3 timed repetitions after a warm-up, with the device synchronised; the
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per measurement (median reported)")
     ap.add_argument("--dpcore", metavar="PATH", help="import dpcore from this checkout; time only its fp32 default")
     ap.add_argument("--only", nargs="*", metavar="NAME", help="only these workloads (e.g. convnet-32 inner dm)")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a compiled setting fell back to eager")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a compiled setting or a CUDA graph fell back to eager")
     ap.add_argument("--setting", action="append", metavar="PRECISION:COMPILE",
                     help="time only these engine settings, e.g. bf16:on (repeatable; default: every one that applies)")
     ap.add_argument("--channels-last", action="store_true", help="the engine's settings in channels-last format")
@@ -343,11 +344,11 @@ def warm_row(out: Any, log, what: str) -> dict:
     """A setting's row from its warm-up: the compile warm-up, and a compile that fell back to eager (its rates
     are eager ones: the row says so, and ``--strict`` fails the benchmark). Compiling fails once per process and
     architecture, in the warm-up, so the timed repetitions after it run as the row says."""
-    fallback = getattr(out, "fallback", None)
+    fallback = getattr(out, "fallback", None) or getattr(out, "graph_fallback", None)
     if fallback:
-        print(f"warning: {what}: torch.compile fell back to eager ({fallback}); its row is marked", file=sys.stderr,
-              flush=True)
-    return {"compile_s": float(getattr(out, "compile_s", 0.0)), "fallback": fallback}
+        print(f"warning: {what}: fell back to eager ({fallback}); its row is marked", file=sys.stderr, flush=True)
+    return {"compile_s": float(getattr(out, "compile_s", 0.0)), "fallback": fallback,
+            "cuda_graphs": getattr(out, "graphed", None)}
 
 
 def add_break_even(res: Result) -> None:
@@ -473,7 +474,7 @@ def main() -> None:
               f"{report['loadavg_1min'][0]:.2f} / {report['loadavg_1min'][1]:.2f} (this run adds ~{report['threads']}; "
               "more means other jobs ran and the timings are void)")
     if fallbacks and ARGS.strict:
-        print(f"--strict: torch.compile fell back to eager in {', '.join(fallbacks)}", file=sys.stderr)
+        print(f"--strict: torch.compile or a CUDA graph fell back to eager in {', '.join(fallbacks)}", file=sys.stderr)
         sys.exit(1)
 
 

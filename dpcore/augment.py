@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -112,18 +111,11 @@ class DSA:
         u = u.expand(x.shape[0], n_params).to(dtype=x.dtype)
         return getattr(self, f"_{op}")(x, u).contiguous()
 
-    def sampler(self, seed: int) -> Callable[[Tensor, torch.Generator], Tensor]:
+    def sampler(self, seed: int) -> "DSASampler":
         """An augmentation for :func:`dpcore.training.train`: each call picks one op with a host RNG seeded
         by ``seed`` (a new sampler replays the same ops) and draws its parameters from the training's
         generator on the batch's device."""
-        ops = random.Random(int(seed))
-
-        def augment(x: Tensor, generator: torch.Generator) -> Tensor:
-            if not self.ops:
-                return x
-            return self.apply(x, self.ops[ops.randrange(len(self.ops))], generator)
-
-        return augment
+        return DSASampler(self, seed)
 
     # Each op gets u: [B, k] uniforms in [0, 1) and must stay differentiable w.r.t. x.
     def _color(self, x: Tensor, u: Tensor) -> Tensor:
@@ -178,3 +170,23 @@ class DSA:
         cos, sin, zero = a.cos(), a.sin(), torch.zeros_like(a)
         theta = torch.stack([cos, -sin, zero, sin, cos, zero], dim=1).view(-1, 2, 3)
         return self._affine(x, theta)
+
+
+class DSASampler:
+    """``aug(x, generator)``: DSA as :func:`dpcore.training.train` calls it. Each call's op comes from a host RNG
+    seeded once (no tensor, no sync), its parameters from ``generator`` on the batch's device. The two halves
+    are apart for a loop that must know the op before the step (one CUDA graph per op, :mod:`dpcore.graphed`):
+    ``apply(x, next_op(), generator)`` is a call."""
+
+    def __init__(self, dsa: DSA, seed: int) -> None:
+        self.dsa = dsa
+        self._ops = random.Random(int(seed))
+
+    def next_op(self) -> str | None:
+        return self.dsa.ops[self._ops.randrange(len(self.dsa.ops))] if self.dsa.ops else None
+
+    def apply(self, x: Tensor, op: str | None, generator: torch.Generator) -> Tensor:
+        return x if op is None else self.dsa.apply(x, op, generator)
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return self.apply(x, self.next_op(), generator)

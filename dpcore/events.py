@@ -124,7 +124,8 @@ class Waiting(Event):
 
 @dataclass(frozen=True)
 class CompileFallback(Event):
-    """A training that was to run compiled fell back to eager (compiling failed): its timings are eager ones."""
+    """A training that was to run compiled (or as CUDA graphs) fell back to eager, compiling or capturing having
+    failed: its timings are eager ones. ``error`` says which and why."""
 
     kind: ClassVar[str] = "compile_fallback"
     round: int

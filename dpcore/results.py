@@ -89,11 +89,12 @@ class RoundRow:
     prune_s: float | None = None
     val_acc: float | None = None
     val_train_s: float | None = None
-    compile_s: float | None = None  # the torch.compile warm-up of the round's trainings, apart from their times
+    compile_s: float | None = None  # the torch.compile / CUDA graph warm-up of the round's trainings, apart from them
     time_to_mask_s: float | None = None
     time_to_mask_validated_s: float | None = None
     layer_sparsity: dict[str, float] | None = None  # prunable layer -> fraction pruned
     compiled: bool | None = None  # whether the round's training steps ran compiled (written only when known)
+    cuda_graphs: bool | None = None  # whether its synthetic steps replayed as CUDA graphs (written when asked for)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

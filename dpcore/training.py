@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .graphed import can_graph, train_graphed
 from .masks import Mask, MaskApplier
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]  # (batch, generator on the batch's device) -> batch
@@ -44,11 +45,12 @@ COMPILE_MODES = ("auto", "on", "off")
 # the graphs): it pays after a few hundred steps at worst.
 #
 # On CUDA (reasoned, not yet measured: benchmarks/gpu_check.sh measures it), "auto" compiles when triton is
-# there, for every conv net whose training has at least AUTO_COMPILE_MIN_SAMPLES_CUDA sample-steps, and always for
-# the fixed-shape synthetic inner loop. A small net's step on an H100 is a few dozen short kernels, so the launches
-# bound it: inductor fuses the elementwise work (norms, activations, pooling, the optimiser) and the inner loop
-# replays as CUDA graphs. Compiling costs ~30-60 s per architecture and process the first time, reused by every
-# later training of that architecture (each round), so it pays over a run, not within one short training.
+# there, for every conv net whose training has at least AUTO_COMPILE_MIN_SAMPLES_CUDA sample-steps. A small net's
+# step on an H100 is a few dozen short kernels, so launches bound it and inductor's fused kernels (norms,
+# activations, pooling) pay; compiling costs ~30-60 s per architecture and process the first time, reused by every
+# later training of that architecture (each round), so it pays over a long training, not a short one. The
+# synthetic inner loop is not compiled by "auto": it runs as whole-step CUDA graphs (dpcore/graphed.py), which
+# remove the launches, and a round's loop (a few hundred steps, ~0.1-0.5 s) would not win back a compile.
 AUTO_COMPILE_MIN_SAMPLES = 20_000
 AUTO_COMPILE_MIN_SAMPLES_CUDA = 200_000  # ~4 epochs of CIFAR-10
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -131,8 +133,9 @@ class FastPath:
       so on the CPU for the nets it pays for (:func:`compile_pays_on_cpu`: the ConvNet family) trained for
       at least :data:`AUTO_COMPILE_MIN_SAMPLES` sample-steps;
       ``"off"`` never. The warm-up steps' extra time is :attr:`TrainOutcome.compile_s`, apart from ``train_s``.
-    * ``cuda_graphs``: with compile on a CUDA device, compile with ``mode="reduce-overhead"`` (the step's
-      forward and backward replayed as CUDA graphs); for fixed-shape loops (the synthetic inner loop).
+    * ``cuda_graphs``: on a CUDA device, each whole step (batch, augmentation, forward, backward, optimiser,
+      mask) recorded once as a CUDA graph and replayed (:mod:`dpcore.graphed`); for fixed-shape loops (the
+      synthetic inner loop). Not with fp16 (its scaler steps on the host's decision), a capture step or lr warm-up.
 
     On CUDA, TF32 matmuls/convolutions and ``cudnn.benchmark`` are always on (:func:`use_cuda_fast_math`).
     """
@@ -175,7 +178,7 @@ class FastPath:
             if not compiler_available(device):
                 return False
             is_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-            return self.cuda_graphs or (is_conv and sample_steps >= AUTO_COMPILE_MIN_SAMPLES_CUDA)
+            return is_conv and sample_steps >= AUTO_COMPILE_MIN_SAMPLES_CUDA
         return (device.type == "cpu" and sample_steps >= AUTO_COMPILE_MIN_SAMPLES and compile_pays_on_cpu(model)
                 and compiler_available(device))
 
@@ -279,15 +282,21 @@ class Schedule:
             lr *= (step + 1) / self.warmup_steps
         return lr
 
-    def make_optimizer(self, params) -> torch.optim.Optimizer:
+    def make_optimizer(self, params, *, lr: float | Tensor | None = None,
+                       capturable: bool = False) -> torch.optim.Optimizer:
         """Adam or SGD; the fused (one kernel for all parameters, no host syncs even with a GradScaler)
-        implementation where torch has one for the parameters' device."""
+        implementation where torch has one for the parameters' device. ``lr``: instead of the schedule's (a
+        tensor for a CUDA graph to read); ``capturable``: Adam keeps its step count on the device, as a graph
+        recording its step needs (SGD's fused step always can be)."""
         params = list(params)
         fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
         extra = {"fused": True} if fused else {}
+        lr = self.lr if lr is None else lr
         if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, **extra)
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, **extra)
+            if capturable:
+                extra["capturable"] = True
+            return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay, **extra)
+        return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay, **extra)
 
 
 @dataclass
@@ -299,6 +308,8 @@ class TrainOutcome:
     compile_s: float = 0.0  # warm-up of a compiled step: its first steps' time beyond the steady per-step time
     compiled: bool = False  # whether the step ran compiled (False after a fallback to eager)
     fallback: str | None = None  # compiling was asked for but failed (the error): the steps ran eagerly
+    graphed: bool | None = None  # None: no CUDA graphs asked for; True: every step replayed one; False: fell back
+    graph_fallback: str | None = None  # why capturing a CUDA graph failed (the rest of the steps ran eagerly)
 
 
 class _WarmUp:
@@ -344,8 +355,11 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, schedule: Schedule, seed: i
     per_epoch = (n + batch - 1) // batch
     remaining = max(0, schedule.epochs * per_epoch - start_step)
     compiled = fast.compiles(model, device, remaining * batch)
-    graphed = compiled and fast.cuda_graphs and device.type == "cuda"
-    loss_fn = compiled_step(_loss, model, "reduce-overhead" if graphed else None) if compiled else _loss
+    if can_graph(fast, device, schedule, capture_step):
+        return train_graphed(model, x, y, schedule=schedule, seed=seed, prepare=prepare, mask=mask, augment=augment,
+                             start_step=start_step, on_epoch=on_epoch, should_stop=should_stop, fast=fast,
+                             compiled=compiled)
+    loss_fn = compiled_step(_loss, model) if compiled else _loss
     scaler = torch.amp.GradScaler(device.type) if fast.precision == "fp16" else None
     use_cuda_fast_math(device)
     use_memory_format(model, fast.channels_last)
@@ -358,7 +372,7 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, schedule: Schedule, seed: i
     capture = None
     capture_at = None  # (steps done, raw elapsed s) at the capture
     watch = Stopwatch(device)
-    warm = _WarmUp(device, (3 if graphed else 2) if compiled else 0)
+    warm = _WarmUp(device, 2 if compiled else 0)
     step = start_step
     if capture_step is not None and capture_step == start_step:
         capture, capture_at = snapshot(model), (0, 0.0)
@@ -379,9 +393,7 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, schedule: Schedule, seed: i
             if augment is not None:
                 xb = augment(xb, aug_gen)
             xb, yb = _as_input(xb, fast.channels_last), y[idx]
-            opt.zero_grad(set_to_none=True)  # before the forward: no gradient outlives its CUDA graph run
-            if graphed:
-                torch.compiler.cudagraph_mark_step_begin()
+            opt.zero_grad(set_to_none=True)
             with fast.autocast(device):
                 loss = (loss_fn if xb.shape[0] == batch else _loss)(model, xb, yb)
             if scaler is not None:
@@ -396,7 +408,7 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, schedule: Schedule, seed: i
             step += 1
             warm.step()
             if b == per_epoch - 1:
-                last = loss.detach().clone() if graphed else loss.detach()  # a graph's output is reused
+                last = loss.detach()
             if capture_step is not None and step == capture_step:
                 capture, capture_at = snapshot(model), (step - start_step, watch.elapsed())
         if on_epoch is not None and last is not None:

@@ -35,7 +35,7 @@ def test_training_on_cuda_learns_and_pruned_weights_stay_zero():
     x, y = blobs()
     torch.manual_seed(0)
     model = build_model("convnet", num_classes=4, in_shape=(3, 16, 16), width=16).to(DEVICE)
-    mask = magnitude_prune(model, full_mask(model), total_round=3, fraction=0.2)
+    mask = magnitude_prune(model, full_mask(model), total_round=3, fraction=0.2, scope="global")
     train(model, x, y, schedule=Schedule("adam", 1e-3, 3, 64), seed=0, mask=mask)
     acc, _ = evaluate(model, x, y)
     assert acc > 0.9
@@ -108,7 +108,7 @@ def test_the_fast_paths_on_cuda_learn_keep_masks_exact_and_never_fall_back(preci
     x, y = blobs()
     torch.manual_seed(0)
     model = build_model("convnet", num_classes=4, in_shape=(3, 16, 16), width=16).to(DEVICE)
-    mask = magnitude_prune(model, full_mask(model), total_round=3, fraction=0.2)
+    mask = magnitude_prune(model, full_mask(model), total_round=3, fraction=0.2, scope="global")
     fast = FastPath(precision=precision, channels_last=channels_last, compile=compile)
     train(model, x, y, schedule=Schedule("adam", 1e-3, 1, 64), seed=0, mask=mask, fast=fast)  # warm-up, compiles
     torch.cuda.set_sync_debug_mode("error")  # any host sync inside the steps raises from here on
@@ -125,8 +125,11 @@ def test_the_fast_paths_on_cuda_learn_keep_masks_exact_and_never_fall_back(preci
             assert p.is_contiguous(memory_format=torch.channels_last), name
 
 
-def test_the_graphed_synthetic_inner_loop_runs_compiled_without_host_syncs():
-    """The distilled inner loop on CUDA with compile: replayed as CUDA graphs, masks exact, no host sync per step."""
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_synthetic_inner_loop_replays_whole_step_graphs_without_host_syncs(precision, channels_last):
+    """The distilled inner loop on CUDA: every step after each key's warm-up and capture is one graph replay
+    (batch, DSA, forward, backward, SGD, mask), nothing reads back to the host, masks stay exact, and it learns."""
     from dpcore.config import SyntheticConfig
     from dpcore.synthetic import SyntheticSet
     from dpcore.synthetic.evaluate import train_on_synthetic
@@ -136,15 +139,39 @@ def test_the_graphed_synthetic_inner_loop_runs_compiled_without_host_syncs():
     syn = SyntheticSet(x, y, lr=None)
     torch.manual_seed(0)
     model = build_model("convnet", num_classes=4, in_shape=(3, 16, 16), width=16).to(DEVICE)
-    mask = magnitude_prune(model, full_mask(model), total_round=2, fraction=0.2)
-    sc = SyntheticConfig(epochs=20, batch_size=256, dsa=True, lr=0.01, use_learned_lr=False)
-    fast = FastPath(precision="bf16", compile="on")
-    train_on_synthetic(model, syn, sc, seed=0, mask=mask, fast=fast)  # warm-up: records the graphs
-    torch.cuda.set_sync_debug_mode("error")
+    mask = magnitude_prune(model, full_mask(model), total_round=2, fraction=0.2, scope="global")
+    sc = SyntheticConfig(epochs=60, batch_size=256, dsa=True, lr=0.01, use_learned_lr=False)
+    fast = FastPath(precision=precision, channels_last=channels_last)
+    first = train_on_synthetic(model, syn, sc, seed=0, mask=mask, fast=fast)  # warms up and records each DSA op
+    assert first.graphed and first.graph_fallback is None and first.compile_s > 0
+    torch.cuda.set_sync_debug_mode("error")  # a host sync inside a step raises from here on
     try:
         out = train_on_synthetic(model, syn, sc, seed=1, mask=mask, fast=fast)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert out.compiled and out.fallback is None and out.steps == 20
+    assert out.graphed and out.graph_fallback is None and out.steps == 60
+    acc, _ = evaluate(model, x, y, fast=fast)
+    assert acc > 0.9
     for name, p in prunable(model).items():
         assert torch.count_nonzero(p[mask[name] == 0]) == 0, name
+
+
+def test_graph_replays_compute_what_the_same_steps_compute_eagerly():
+    """Without augmentation (no random draws) a graphed training and the same steps run eagerly follow the same
+    losses, up to kernel choice: the recording reads each step's batch, lr and counter from the device."""
+    from dpcore.graphed import train_graphed
+    from dpcore.training import FastPath
+
+    x, y = blobs(n=100, classes=4)
+    schedule = Schedule("sgd", 0.01, epochs=40, batch_size=32, momentum=0.9, weight_decay=5e-4, milestones=(20,))
+    losses = []
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        model = build_model("convnet", num_classes=4, in_shape=(3, 16, 16), width=16).to(DEVICE)
+        seen = []
+        out = train_graphed(model, x, y, schedule=schedule, seed=3, prepare=lambda t: t, mask=None, augment=None,
+                            start_step=0, on_epoch=lambda e, n, loss: seen.append(loss), should_stop=None,
+                            fast=FastPath(cuda_graphs=True), compiled=False, graphs=graphs)
+        assert out.steps == 40 * 4 and out.graph_fallback is None
+        losses.append(torch.stack(seen).float().cpu())
+    assert torch.allclose(losses[0], losses[1], rtol=2e-2, atol=2e-3)

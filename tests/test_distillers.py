@@ -365,3 +365,16 @@ def test_train_on_synthetic_matches_the_engine_recipe(tmp_path, tiny_profile):
     for (name, a), b in zip(model.state_dict().items(), ours.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(model.state_dict()[next(iter(mask))], start[next(iter(mask))])
+
+
+def test_experts_trained_several_at_once_equal_those_trained_one_at_a_time(ds, tmp_path):
+    """The GPU's way (experts in threads at once) on the CPU: same trajectories, every epoch reported once."""
+    from dpcore.synthetic.trajectories import ExpertSpec, ensure_experts
+
+    spec = ExpertSpec(lr=0.05, epochs=3, batch_size=32, dsa=True)
+    seen = []
+    one = ensure_experts(tmp_path / "one", ds, lenet, spec, 3, "cpu", at_once=1)
+    three = ensure_experts(tmp_path / "three", ds, lenet, spec, 3, "cpu", at_once=3,
+                           progress=lambda done, total, loss: seen.append((done, total)))
+    assert torch.equal(one.bank, three.bank) and three.info["trained_now"] == 3
+    assert seen[0] == (0, 9) and seen[-1] == (9, 9) and sorted(d for d, _ in seen) == [d for d, _ in seen]

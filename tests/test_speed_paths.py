@@ -214,3 +214,31 @@ def test_rounds_that_ran_compiled_say_so(tmp_path, tiny_profile):
     (plain,) = Experiment.from_profile(str(tiny_profile), ["prune.methods=['random']"], runs_dir=tmp_path / "a").run()
     assert all(row.compiled is None for row in plain.rounds)  # no compile asked for: nothing written
     assert "compiled" not in json.loads((tmp_path / "a" / plain.run_id / "results.json").read_text())["rounds"][0]
+
+
+def test_a_cuda_graph_capture_failure_is_recorded_in_the_round_rows_and_said_once_by_headless(monkeypatch, tmp_path,
+                                                                                               tiny_profile):
+    """A planted capture failure in the graphed inner loop (run here on the CPU with the GPU's calls stubbed): the
+    steps go on eagerly, every distilled round row says cuda_graphs = false, headless warns once with the error."""
+    from typer.testing import CliRunner
+
+    import dpcore.graphed as graphed
+    import dpcore.training as training
+    from dptui.cli import app
+
+    class PlantedGraph:
+        def register_generator_state(self, generator):
+            raise RuntimeError("planted: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(training, "can_graph", lambda fast, device, schedule, capture_step: fast.cuda_graphs)
+    monkeypatch.setattr(graphed.GraphedLoop, "_on_side_stream", lambda self, size, op: self.step(size, op))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", PlantedGraph)
+    runs = tmp_path / "r"
+    result = CliRunner().invoke(app, ["--headless", "--profile", str(tiny_profile), "--runs-dir", str(runs),
+                                      "--set", "prune.methods=['distilled']"])
+    assert result.exit_code == 0, result.output
+    (res,) = [json.loads(p.read_text()) for p in runs.glob("*/results.json")]
+    assert [row["cuda_graphs"] for row in res["rounds"]] == [False] * len(res["rounds"]) and res["rounds"]
+    text = " ".join(result.output.split())  # Rich wraps the line at the terminal's width
+    assert text.count("CUDA graph capture failed") == 1 and "warning: round 1: CUDA graph capture failed (RuntimeError: " \
+        "planted: operation not permitted when stream is capturing); running eagerly; the rows say cuda_graphs = false" in text

@@ -298,7 +298,10 @@ class Run:
             asked = [t for t in trainings if t.compiled is not None]
             if asked:  # whether the round's steps ran compiled (False: a fallback, its times are eager ones)
                 row["compiled"] = all(t.compiled for t in asked)
-            self.report_fallbacks(r, [t.fallback for t in asked if t.fallback])
+            graphed = [t.graphed for t in trainings if t.graphed is not None]
+            if graphed:  # whether its synthetic steps replayed as CUDA graphs (False: a failed capture, eager times)
+                row["cuda_graphs"] = all(graphed)
+            self.report_fallbacks(r, [e for t in trainings for e in (t.fallback, t.graph_fallback) if e])
             self.dir.save_round(r, mask_to_cpu(mask), row)
             self.results["rounds"].append(row)
             self.results["updated_at"] = time.time()

@@ -24,12 +24,15 @@ class Inner:
     compile_s: float = 0.0
     compiled: bool | None = None  # None: no compile asked for; False: it fell back to eager (``fallback`` says why)
     fallback: str | None = None
+    graphed: bool | None = None  # None: no CUDA graphs asked for; False: they fell back to eager
+    graph_fallback: str | None = None  # why (the capture's error)
 
     @classmethod
     def of(cls, out, test_acc: float | None) -> "Inner":
         """From a :class:`~dpcore.training.TrainOutcome` and the trained model's test accuracy."""
         asked = out.compiled or out.fallback is not None
-        return cls(out.train_s, test_acc, out.compile_s, out.compiled if asked else None, out.fallback)
+        return cls(out.train_s, test_acc, out.compile_s, out.compiled if asked else None, out.fallback,
+                   out.graphed, out.graph_fallback)
 
 
 class PruningMethod:

@@ -3,8 +3,8 @@
 This is the one recipe for training on a synthetic set (MTT's evaluation protocol, as the engine's
 distilled inner loop uses it): SGD with momentum, weight decay, the lr divided by 10 at half the
 epochs, and per-sample DSA on every batch. The lr is the set's learned lr when it has one and
-``use_learned_lr`` is on, else the configured lr. The loop is fixed-shape (one batch size), so with
-compile on a CUDA device it runs as CUDA graphs (``FastPath.cuda_graphs``).
+``use_learned_lr`` is on, else the configured lr. The loop is fixed-shape, so on a CUDA device each whole step
+runs as one CUDA graph replay (``FastPath.cuda_graphs``, :mod:`dpcore.graphed`).
 
 :func:`train_on_synthetic` is what ``Run.train_synthetic`` in the engine does (same seeds, same
 augmentation draws), so the engine can call it; :func:`evaluate_synthetic` adds building the
@@ -49,7 +49,7 @@ def dsa_augment(enabled: bool, seed: int = 0) -> Augment | None:
 
 
 def synthetic_fast_path(fast: FastPath | None) -> FastPath:
-    """``fast`` (default: plain fp32, eager), with CUDA graphs for the fixed-shape loop when it compiles."""
+    """``fast`` (default: plain fp32, eager), with whole-step CUDA graphs for the fixed-shape loop (on CUDA)."""
     return replace(fast or FastPath(), cuda_graphs=True)
 
 
@@ -58,8 +58,8 @@ def train_on_synthetic(model: nn.Module, syn: "SyntheticSet", sc: "SyntheticConf
                        should_stop: Callable[[], bool] | None = None, fast: FastPath | None = None) -> TrainOutcome:
     """Train ``model`` in place (from its current state) on ``syn`` with the ``[synthetic]`` settings.
 
-    ``fast``: how the loop runs (:class:`~dpcore.training.FastPath`; the engine passes the run's). On CUDA a
-    compiled step runs as CUDA graphs. Warm-up time is ``compile_s`` of the outcome.
+    ``fast``: how the loop runs (:class:`~dpcore.training.FastPath`; the engine passes the run's). On CUDA each
+    step is a CUDA graph replay. Warm-up and capture time is ``compile_s`` of the outcome.
     """
     device = next(model.parameters()).device
     x, y = syn.images.to(device), syn.labels.to(device)

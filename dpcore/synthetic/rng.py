@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
@@ -16,6 +17,9 @@ def rng_devices(device: torch.device | str) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
+_GLOBAL_RNG = threading.Lock()  # threads building models at once (MTT's experts) take turns with the global RNG
+
+
 def seeded_model(factory: Callable[[], nn.Module], seed: int, device: torch.device | str, *,
                  build_on_host: bool = False) -> nn.Module:
     """``factory()`` initialised from the global RNG seeded by ``seed`` (the caller's RNG state is
@@ -26,7 +30,7 @@ def seeded_model(factory: Callable[[], nn.Module], seed: int, device: torch.devi
     CPU generator and copied (device-independent initial weights).
     """
     device = torch.device(device)
-    with torch.random.fork_rng(devices=rng_devices(device)):
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=rng_devices(device)):
         torch.manual_seed(int(seed))
         if build_on_host:
             return factory().to(device)

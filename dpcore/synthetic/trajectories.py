@@ -10,13 +10,20 @@ same key (each file is read once per distillation, into one in-memory bank of th
 use): a hash of the data (name, whitening, shape and a digest of the labels and a sample of the
 images), the architecture (its module tree and parameter shapes) and the expert hyperparameters.
 The number of experts is not part of the key: asking for more trains only the missing ones.
+
+On a GPU the experts train on the fast path: each step one CUDA graph replay (:mod:`dpcore.graphed`; fp32, as MTT
+trains them, with TF32), and several experts at once (``at_once``, default :data:`EXPERTS_AT_ONCE_CUDA`), each in
+its own thread and CUDA stream: one expert's small kernels leave most of an H100 idle. On the CPU they train one
+at a time (the cores are already shared by the intra-op threads).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,9 +39,10 @@ from dpcore.store import atomic_torch_save, atomic_write_text
 from dpcore.synthetic.distiller import ProgressFn, StopFn
 from dpcore.synthetic.dsa import train_augment
 from dpcore.synthetic.rng import seeded_model
-from dpcore.training import Schedule, derive_seed, evaluate, train
+from dpcore.training import FastPath, Schedule, derive_seed, evaluate, train
 
 FORMAT = 1
+EXPERTS_AT_ONCE_CUDA = 4  # reasoned like dpcore.parallel.RUNS_PER_GPU, not measured yet (gpu_check.sh times MTT)
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,7 @@ def train_expert(dataset, model_factory: Callable[[], nn.Module], spec: ExpertSp
                         momentum=0.0, weight_decay=0.0)
     out = train(model, dataset.x_train, dataset.y_train, schedule=schedule,
                 seed=derive_seed(spec.seed, "expert-data", index), prepare=dataset.prepare, augment=augment,
-                on_epoch=record, should_stop=should_stop)
+                on_epoch=record, should_stop=should_stop, fast=FastPath(cuda_graphs=True))
     acc, _ = evaluate(model, dataset.x_test, dataset.y_test, prepare=dataset.prepare)
     return {"format": FORMAT, "layout": flat.layout(), "trajectory": torch.stack(snapshots),
             "train_s": float(out.train_s), "test_acc": float(acc), "index": index}
@@ -183,11 +191,12 @@ class ExpertBuffer:
 
 def ensure_experts(root: Path, dataset, model_factory: Callable[[], nn.Module], spec: ExpertSpec, count: int,
                    device: torch.device | str, *, rows: int | None = None, progress: ProgressFn | None = None,
-                   should_stop: StopFn | None = None) -> ExpertBuffer:
+                   should_stop: StopFn | None = None, at_once: int | None = None) -> ExpertBuffer:
     """The first ``count`` experts of this key under ``root``, training (and saving) the missing ones;
     every expert's first ``rows`` snapshots (default: all ``spec.epochs + 1``) are kept in the bank.
 
-    Raises :class:`dpcore.training.Stopped` when ``should_stop`` fires; finished experts stay saved.
+    ``at_once``: experts trained at the same time, each in its own thread and CUDA stream (default: 4 on CUDA,
+    1 elsewhere). Raises :class:`dpcore.training.Stopped` when ``should_stop`` fires; finished experts stay saved.
     """
     device = torch.device(device)
     probe = model_factory()
@@ -209,15 +218,19 @@ def ensure_experts(root: Path, dataset, model_factory: Callable[[], nn.Module], 
             stats[i] = (float(obj["train_s"]), float(obj["test_acc"]))
             buffer.put(i, obj["trajectory"])
     total = len(missing) * spec.epochs
-    done = 0
+    epochs_done = dict.fromkeys(missing, 0)
+    lock = threading.Lock()
     if progress is not None and missing:
         progress(0, total, None)
     data = dataset.to(device) if missing else dataset
     t0 = time.perf_counter()
-    for i in missing:
+
+    def train_one(i: int) -> None:
         def on_epoch(epoch: int) -> None:
-            if progress is not None:
-                progress(done + epoch, total, None)
+            with lock:
+                epochs_done[i] = epoch
+                if progress is not None:
+                    progress(sum(epochs_done.values()), total, None)
 
         # Claimed while it is trained (the lock beside the experts folder, which holds experts only): another
         # process training the same expert is waited for, then read.
@@ -226,9 +239,27 @@ def ensure_experts(root: Path, dataset, model_factory: Callable[[], nn.Module], 
             if obj is None:
                 obj = train_expert(data, model_factory, spec, i, device, on_epoch=on_epoch, should_stop=should_stop)
                 atomic_torch_save(_expert_file(folder, i), obj)
-        stats[i] = (obj["train_s"], obj["test_acc"])
-        buffer.put(i, obj["trajectory"])
-        done += spec.epochs
+        with lock:
+            stats[i] = (obj["train_s"], obj["test_acc"])
+            buffer.put(i, obj["trajectory"])
+            epochs_done[i] = spec.epochs
+
+    workers = min(len(missing), at_once if at_once is not None else
+                  (EXPERTS_AT_ONCE_CUDA if device.type == "cuda" else 1))
+    if workers <= 1:
+        for i in missing:
+            train_one(i)
+    else:
+        def on_own_stream(i: int) -> None:
+            if device.type != "cuda":
+                return train_one(i)
+            with torch.cuda.stream(torch.cuda.Stream(device)):
+                train_one(i)
+            torch.cuda.synchronize(device)
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expert") as pool:
+            for future in [pool.submit(on_own_stream, i) for i in missing]:
+                future.result()  # the first error (a Stopped included) is raised here, after the others end
     buffer.info = {
         "key": key, "folder": str(folder), "count": count, "trained_now": len(missing),
         "trained_now_s": time.perf_counter() - t0 if missing else 0.0,
