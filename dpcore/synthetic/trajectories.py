@@ -42,7 +42,7 @@ from dpcore.synthetic.rng import seeded_model
 from dpcore.training import FastPath, Schedule, derive_seed, evaluate, train
 
 FORMAT = 1
-EXPERTS_AT_ONCE_CUDA = 4  # reasoned like dpcore.parallel.RUNS_PER_GPU, not measured yet (gpu_check.sh times MTT)
+EXPERTS_AT_ONCE_CUDA = 4  # reasoned like dpcore.parallel.RUNS_PER_GPU; not measured on a GPU yet
 
 
 @dataclass(frozen=True)
