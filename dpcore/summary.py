@@ -348,6 +348,44 @@ def experiment_tables(results: list[RunResults | dict]) -> list[Table]:
     return tables
 
 
+# -- a pinned baseline (the dashboard's Compare) -----------------------------------------------------
+
+SAME_SPARSITY = 1e-3  # rounds of two groups compared only where their masks are this close in sparsity
+
+
+def baseline_points(results: list[RunResults], label: str) -> dict[int, tuple[float, float]]:
+    """Per round of the runs grouped as ``label`` (see :func:`_group`): (mean sparsity, mean validated accuracy),
+    rounds without a validated accuracy left out."""
+    out = {}
+    for rnd, rows in _round_rows(_group(results).get(label, [])).items():
+        acc = Stat.of([r.val_acc for r in rows])
+        if acc is not None:
+            out[rnd] = (sum(r.sparsity for r in rows) / len(rows), acc.mean)
+    return out
+
+
+def _points_vs(row: dict[str, Any], points: dict[int, tuple[float, float]]) -> float | None:
+    acc, base = row.get("val_acc"), points.get(row.get("round"))  # type: ignore[arg-type]
+    acc = acc.mean if isinstance(acc, Stat) else acc
+    if acc is None or base is None or abs(row.get("sparsity", base[0]) - base[0]) > SAME_SPARSITY:
+        return None
+    return 100 * (acc - base[1])
+
+
+def with_baseline(table: Table, label: str, points: dict[int, tuple[float, float]]) -> Table:
+    """A copy of ``table`` with a "vs baseline" column after its validated accuracy: that accuracy minus the
+    baseline's (``points``, from :func:`baseline_points`) at the same round and sparsity, in percentage points.
+    A table without ``round`` and ``val_acc`` columns comes back as it is; ``table`` itself is never changed."""
+    keys = [c.key for c in table.columns]
+    if "round" not in keys or "val_acc" not in keys:
+        return table
+    at = keys.index("val_acc") + 1
+    columns = table.columns[:at] + [Column("vs_baseline", "vs baseline pts", "num")] + table.columns[at:]
+    rows = [{**row, "vs_baseline": _points_vs(row, points)} for row in table.rows]
+    note = f"vs baseline = validated accuracy minus {label}'s at the same round, in percentage points"
+    return Table(table.title, columns, rows, table.notes + [note])
+
+
 # -- multi-seed views and the analyses' tables ------------------------------------------------------
 
 def label_runs(results: list[RunResults]) -> list[RunResults]:

@@ -12,6 +12,7 @@ from typing import Any
 from rich import box
 from rich.table import Table as RichTable
 
+from dpcore.palette import cell_color
 from dpcore.store import atomic_write_text
 from dpcore.summary import Stat, Table, format_cell
 
@@ -77,13 +78,19 @@ def to_markdown(tables: list[Table]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _html_cell(row: dict, col) -> str:
+    """One <td>; a cell naming a method in the method's colour (:mod:`dpcore.palette`, as on every figure)."""
+    value = row.get(col.key)
+    color = cell_color(col.key, value)
+    style = f' style="color:{color}"' if color else ""
+    return f'<td class="{"t" if col.kind == "text" else "n"}"{style}>{html.escape(format_cell(value, col.kind))}</td>'
+
+
 def to_html(tables: list[Table], title: str = "dptui results") -> str:
     body = []
     for t in tables:
         head = "".join(f"<th>{html.escape(c.header)}</th>" for c in t.columns)
-        rows = "".join("<tr>" + "".join(
-            f'<td class="{"t" if c.kind == "text" else "n"}">{html.escape(format_cell(r.get(c.key), c.kind))}</td>'
-            for c in t.columns) + "</tr>" for r in t.rows)
+        rows = "".join("<tr>" + "".join(_html_cell(r, c) for c in t.columns) + "</tr>" for r in t.rows)
         notes = "".join(f"<p class=note>{html.escape(n)}</p>" for n in t.notes)
         body.append(f"<h2>{html.escape(t.title)}</h2><table><thead><tr>{head}</tr></thead>"
                     f"<tbody>{rows}</tbody></table>{notes}")
@@ -116,10 +123,26 @@ def _best(table: Table, col) -> Any:
     return min(means) if col.kind == "sec" else max(means)
 
 
+# A method's name is written \dptuimethod{<hex colour>}{<name>}. The default (\providecommand, in the LaTeX kernel)
+# prints the name alone, so the file still needs nothing but booktabs; its comment line says how to colour the names.
+LATEX_METHOD = (r"% method names in the colours of dpcore/palette.py: put \usepackage{xcolor} and "
+                r"\newcommand{\dptuimethod}[2]{\textcolor[HTML]{#1}{#2}} in the preamble" "\n"
+                r"\providecommand{\dptuimethod}[2]{#2}")
+
+
+def _tex_cell(value: Any, col, bold: bool) -> str:
+    text = _tex(format_cell(value, col.kind))
+    color = cell_color(col.key, value)
+    if color:
+        return rf"\dptuimethod{{{color.lstrip('#').upper()}}}{{{text}}}"
+    return rf"\textbf{{{text}}}" if bold else text
+
+
 def to_latex(tables: list[Table]) -> str:
     r"""booktabs tables of the same rows and cells (mean $\pm$ std), the best cell of each accuracy, time and
-    speed-up column in bold; needs ``\usepackage{booktabs}``. Each table is a ``table`` float with a caption."""
-    parts = ["% dptui: tables of the same row model as summary.md; needs \\usepackage{booktabs}"]
+    speed-up column in bold, method names through ``\dptuimethod`` (see :data:`LATEX_METHOD`); needs
+    ``\usepackage{booktabs}``. Each table is a ``table`` float with a caption."""
+    parts = ["% dptui: tables of the same row model as summary.md; needs \\usepackage{booktabs}", LATEX_METHOD]
     for t in tables:
         spec = "".join("l" if c.kind == "text" else "r" for c in t.columns)
         best = {c.key: _best(t, c) for c in t.columns}
@@ -129,9 +152,8 @@ def to_latex(tables: list[Table]) -> str:
             cells = []
             for c in t.columns:
                 v = r.get(c.key)
-                text = _tex(format_cell(v, c.kind))
                 mean = v.mean if isinstance(v, Stat) else v
-                cells.append(rf"\textbf{{{text}}}" if best[c.key] is not None and mean == best[c.key] else text)
+                cells.append(_tex_cell(v, c, best[c.key] is not None and mean == best[c.key]))
             lines.append(" & ".join(cells) + r" \\")
         caption = _tex(t.title + (": " + "; ".join(t.notes) if t.notes else ""))
         lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}", ""]

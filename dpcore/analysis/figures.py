@@ -5,6 +5,7 @@ Multi-seed convention, the same in every figure: a thin line is the mean over se
 +-1 std band, and the method's best seed (:func:`dpcore.summary.best_seeds`, the highest validated
 accuracy averaged over rounds) is drawn bold, as in the paper's Figure 1. With one seed, only that
 seed's line is drawn. Sparsity axes are log scales of the weights remaining, labelled in sparsity %.
+Each method and synthetic source has the colour :mod:`dpcore.palette` gives it, as on the dashboard.
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 
+from ..palette import PALETTE, colors
 from ..results import RunResults, as_results
 from ..summary import Stat, _group, _round_rows, best_seeds, label_runs
 
 STYLE = {"font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "legend.fontsize": 7.5,
          "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
          "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5, "svg.hashsalt": "dptui"}
-BASE_COLORS = {"imp": "#1f77b4", "distilled": "#d62728", "random": "#7f7f7f", "snip": "#2ca02c", "grasp": "#ff7f0e",
-               "synflow": "#9467bd"}
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 SPARSITY_TICKS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
 
 
@@ -33,18 +32,6 @@ class FigureFile:
     name: str
     caption: str
     paths: list[Path] = field(default_factory=list)
-
-
-def colors(methods: list[str]) -> dict[str, str]:
-    """A colour per method label: the method's own (imp blue, distilled red) first, then the palette."""
-    out: dict[str, str] = {}
-    for m in methods:
-        c = BASE_COLORS.get(m.split()[0])
-        if c is None or c in out.values():
-            free = [p for p in PALETTE if p not in out.values()] or PALETTE
-            c = free[0]
-        out[m] = c
-    return out
 
 
 def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:

@@ -12,6 +12,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
 
+from dpcore.palette import cell_color
 from dpcore.results import RoundRow
 from dpcore.summary import Table, format_cell
 
@@ -24,16 +25,20 @@ def status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
-def cell(value: Any, kind: str, key: str = "") -> Text:
-    """A row-model value as the exports show it (:func:`dpcore.summary.format_cell`), styled."""
+def cell(value: Any, kind: str, key: str = "", color: str | None = None) -> Text:
+    """A row-model value as the exports show it (:func:`dpcore.summary.format_cell`), styled (``color``: the
+    method's, for a cell that names one)."""
     text = format_cell(value, kind)
     if key == "status":
         return status_text(text)
-    return Text(text, justify="left" if kind == "text" else "right")
+    return Text(text, style=color or "", justify="left" if kind == "text" else "right")
 
 
-def table_rows(table: Table, key_of=None) -> list[tuple[str, list[Text]]]:
-    return [(str(key_of(row) if key_of else i), [cell(row.get(c.key), c.kind, c.key) for c in table.columns])
+def table_rows(table: Table, key_of=None, colors=None) -> list[tuple[str, list[Text]]]:
+    """``colors``: None (plain cells) or a function (column key, value) -> the colour of a cell naming a method."""
+    return [(str(key_of(row) if key_of else i),
+             [cell(row.get(c.key), c.kind, c.key, colors(c.key, row.get(c.key)) if colors else None)
+              for c in table.columns])
             for i, row in enumerate(table.rows)]
 
 
@@ -46,10 +51,12 @@ def pad(value: Any, width: int) -> Any:
 
 class RowTable(DataTable):
     """A DataTable fed whole tables; updates cells in place when the rows are the same, keeps the cursor
-    on the same row key otherwise."""
+    on the same row key otherwise. ``method_colors``: a cell naming a method in its colour
+    (:func:`dpcore.palette.cell_color`, or the screen's own ``cell_colors``, e.g. a plot's legend)."""
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, method_colors: bool = False, **kwargs: Any):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self.cell_colors = cell_color if method_colors else None
         self._cols: tuple = ()
         self._keys: list[str] = []
         self._cells: dict[str, list] = {}
@@ -67,7 +74,7 @@ class RowTable(DataTable):
     def show_table(self, table: Table, key_of=None, first: tuple[str, str] | None = None,
                    first_cells: dict[str, Any] | None = None) -> None:
         cols = [(c.key, c.header) for c in table.columns]
-        rows = table_rows(table, key_of)
+        rows = table_rows(table, key_of, self.cell_colors)
         if first is not None:
             cols = [first] + cols
             rows = [(k, [(first_cells or {}).get(k, "")] + cells) for k, cells in rows]
