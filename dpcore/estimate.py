@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .config import to_dict
-from .results import load_results
+from .results import RoundRow, load_results
 
 if TYPE_CHECKING:
     from .experiment import Experiment
@@ -78,15 +78,30 @@ def _past_rounds(runs_dir: Path) -> dict[tuple, list[tuple[float, float, float |
         if res is None or res.status != "done" or not res.rounds:
             continue
         dense = res.dense.train_s if res.dense and res.dense.train_s else 0.0
-        per_round, before = 0.0, dense
-        for r in res.rounds:  # an inner training that reused the previous real training (IMP) cost nothing new
-            inner = r.inner_train_s or 0.0
-            per_round += (0.0 if inner and inner == before else inner) + (r.prune_s or 0.0) + (r.val_train_s or 0.0)
-            before = r.val_train_s
         method = cfg.get("run", {}).get("method", res.method)
         out.setdefault(_signature(cfg, method), []).append(
-            (dense, per_round / len(res.rounds), res.peak_memory_mb))
+            (dense, mean_round_s(dense, res.rounds), res.peak_memory_mb))
     return out
+
+
+def mean_round_s(dense_s: float, rows: Sequence[RoundRow]) -> float:
+    """The mean recorded cost of a run's finished rounds (inner training + pruning + validation), ``dense_s``
+    being its dense training's time; 0 without rows."""
+    total, before = 0.0, dense_s
+    for r in rows:  # an inner training that reused the previous real training (IMP) cost nothing new
+        inner = r.inner_train_s or 0.0
+        total += (0.0 if inner and inner == before else inner) + (r.prune_s or 0.0) + (r.val_train_s or 0.0)
+        before = r.val_train_s
+    return total / len(rows) if rows else 0.0
+
+
+def pack(durations: Iterable[float], places: int) -> float:
+    """The wall time of ``durations`` run ``places`` at once: longest first onto the least loaded place."""
+    loads = [0.0] * max(1, places)
+    for d in sorted(durations, reverse=True):
+        i = loads.index(min(loads))
+        loads[i] += d
+    return max(loads)
 
 
 def _calibrate(exp: Experiment) -> dict[str, float]:
@@ -167,13 +182,9 @@ def estimate(exp: Experiment) -> ExperimentEstimate:
         dense_counted.add(dense_stage.key)
         out.append(RunEstimate(plan.run_id, label, plan.seed, (dense_s if first else 0.0) + rounds * per_round,
                                source, peak, tuple(run_notes)))
-    places = [0.0] * max(1, cap.jobs)
-    for est in sorted(out, key=lambda e: -e.wall_s):  # longest first onto the least loaded place
-        i = places.index(min(places))
-        places[i] += est.wall_s
     if any(e.notes for e in out):
         notes.append("a synthetic set still to be distilled is not in the estimate")
-    return ExperimentEstimate(out, cap.jobs, max(places), notes)
+    return ExperimentEstimate(out, cap.jobs, pack((e.wall_s for e in out), cap.jobs), notes)
 
 
 def estimate_table(est: ExperimentEstimate):

@@ -87,6 +87,30 @@ def write_run(root: Path, run_id: str, *, method: str, seed: int = 0, experiment
     return d
 
 
+def write_config(run_dir: Path, cfg, method: str, seed: int, device: str = "cpu") -> None:
+    """``run_dir``'s config.toml as the engine writes it (the resolved config, ``[run]`` with the run's own
+    method, seed, device and id): the estimate's store source reads it to find past runs like a planned one."""
+    import tomli_w
+
+    from dpcore.config import to_dict
+
+    tree = to_dict(cfg)
+    tree["run"] = {**tree["run"], "method": method, "seed": seed, "device": device, "run_id": Path(run_dir).name}
+    (Path(run_dir) / "config.toml").write_text(tomli_w.dumps(tree))
+
+
+def write_past_runs(root: Path, cfg, seed: int = 1) -> list[str]:
+    """One finished run per method of ``cfg`` (3 rounds of :func:`round_row` times) with its config.toml, at
+    ``seed``: the store then estimates ``cfg``'s other runs from them. Returns their run ids."""
+    ids = []
+    for i, method in enumerate(cfg.prune.methods):
+        run_id = f"{i + 1:x}{'e' * 15}"
+        write_config(write_run(root, run_id, method=method, seed=seed, experiment=cfg.experiment.name), cfg,
+                     method, seed)
+        ids.append(run_id)
+    return ids
+
+
 def instability_curves(rounds: int = 3) -> list[dict]:
     alphas = [i / 10 for i in range(11)]
     out = []
@@ -182,6 +206,7 @@ class FakeLauncher:
 
         self.real = Launcher(runs_dir, gpu_count=gpu_count)
         self.calls: list[tuple] = []
+        self.estimates: list[dict | None] = []  # the estimates handed to each launch
         self.fake_entries: dict[str, Any] = {}
 
     def device_slots(self) -> list[str]:
@@ -193,8 +218,9 @@ class FakeLauncher:
     def capacity(self, cfg, slots):
         return self.real.capacity(cfg, slots)
 
-    def launch(self, cfg, slots, only=None):
+    def launch(self, cfg, slots, only=None, estimates=None):
         self.calls.append(("launch", cfg, list(slots), only))
+        self.estimates.append(estimates)
         return Path("/fake/launches/x"), list(only or [])
 
     def cancel(self, entry) -> str:

@@ -168,3 +168,34 @@ async def test_detail_bindings(tmp_path):
         await wait_for(pilot, lambda: on_screen(app, "RunsScreen"), what="the runs screen")
         assert DIST1 in app.watched or app.views[DIST1].active  # still followed: it is running
         assert IMP0 not in app.watched
+
+
+@run_async
+async def test_runs_and_run_detail_show_the_eta_of_a_running_run_and_of_its_experiment(tmp_path):
+    from dptui.app.model import RUN_COLUMNS
+
+    runs = demo_store(tmp_path / "runs")
+    app = make_test_app(runs)
+    queued = "1" * 16  # launched with an estimate of 60 s, two runs at once, not started yet
+    entry = launch_entry(queued, runs, state="queued")
+    entry.info = {"experiment": "demo", "method": "imp", "seed": 2, "dataset": "mnist-embedded",
+                  "model": "lenet-300-100", "device": "cpu", "rounds": 3, "est_wall_s": 60.0, "places": 2}
+    app.launcher.fake_entries = {queued: entry}
+    eta = 1 + [c.key for c in RUN_COLUMNS].index("eta")  # after the mark column
+
+    def eta_cell(run_id) -> str:
+        return str(app.screen.query_one(RowTable).get_row(run_id)[eta]).strip()
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        # distilled s1: round 3 of 3 in flight, its epoch saying 12.5 s are left (its rounds took 4 s each)
+        await wait_for(pilot, lambda: settled(app, "RunsScreen") and queued in app.screen.query_one(RowTable).keys
+                       and DIST1 in app.lives and eta_cell(DIST1) == "12.5", what="distilled s1's ETA")
+        assert eta_cell(queued) == "60.0" and eta_cell(IMP0) == "-"
+        assert "demo: 60.0s left, 2 at once" in screen_text(app)  # 12.5 s and 60 s side by side
+        app.open_detail(DIST1)
+        await wait_for(pilot, lambda: detail_shows(app, DIST1), what="the detail screen")
+        assert "run: 12.5s left (2/3 rounds, 4.0s/round) · demo: 60.0s left, 2 at once" in screen_text(app)
+        app.pop_screen()
+        app.open_detail(IMP0)  # done: no ETA line
+        await wait_for(pilot, lambda: detail_shows(app, IMP0), what="a finished run's detail")
+        assert not app.screen.query_one("#run-eta", Static).display and "left" not in screen_text(app)

@@ -217,6 +217,21 @@ def test_one_launch_with_two_places_runs_two_of_its_runs_at_once(tmp_path, cfg, 
     assert [state(d)["runs"][r]["rc"] for r in ids] == [0, 0, 0]
 
 
+def test_a_launch_keeps_its_runs_estimates_and_its_places_for_their_eta(tmp_path, cfg):
+    from dptui.app.model import run_eta
+
+    cfg = replace(cfg, run=replace(cfg.run, jobs=2))
+    launcher = StubLauncher(tmp_path / "runs")
+    ids = [p.run_id for p in launcher.plan(cfg, ["cpu"])[1]]
+    d, _ = launcher.launch(cfg, ["cpu"], estimates={ids[0]: 42.0})  # the Launch screen's, when it had one
+    entries = launcher.entries()
+    assert entries[ids[0]].info["est_wall_s"] == 42.0 and entries[ids[1]].info["est_wall_s"] is None
+    assert {e.info["places"] for e in entries.values()} == {2}
+    wait(lambda: "finished_at" in state(d), what="the launch")
+    queued = replace(entries[ids[0]], state="queued")  # as it was before its runner started it
+    assert run_eta(build_view(ids[0], None, None, queued)) == 42.0
+
+
 def test_the_runner_imports_neither_torch_nor_the_app(tmp_path):
     code = ("import sys, dptui.launches.runner, dptui.launches.launcher; "
             "print(sorted(m for m in sys.modules if m in ('torch', 'textual') or m.startswith('dptui.app')))")

@@ -199,3 +199,123 @@ def test_a_variant_run_is_listed_and_logged_with_its_synthetic_source():
     assert row["method"] == "distilled gm ipc10"
     assert view.results_for_tables().variant == "gm ipc10"
     assert view.rows == [RoundRow(round=1, sparsity=0.2, val_acc=0.9, time_to_mask_s=1.0)]  # the event's row, typed
+
+
+# -- ETA: a run's time left and its experiment's, from its own events (their times: no clock) ----------------
+
+def folded(*events) -> RunLive:
+    live = RunLive("r")
+    for ev in events:
+        live.fold(ev)
+    return live
+
+
+def started(t: float = 0.0, resumed_after: int = 0) -> RunStarted:
+    return RunStarted("r", t=t, experiment="e", method="imp", seed=0, dataset="d", model="m", device="cpu",
+                      rounds=3, resumed_after=resumed_after)
+
+
+def round_events(r: int, start: float, end: float) -> list:
+    from app_fixtures import round_row
+    from dpcore.events import RoundStarted
+
+    return [RoundStarted("r", t=start, round=r, rounds=3, target_sparsity=1 - 0.8 ** r),
+            RoundDone("r", t=end, row=round_row("imp", r))]
+
+
+def progress(t: float, eta_s: float, r: int = 3) -> EpochProgress:
+    return EpochProgress("r", t=t, stage="inner", round=r, epoch=1, epochs=4, loss=0.5, elapsed_s=1.0, eta_s=eta_s)
+
+
+def test_a_running_runs_eta_is_its_rounds_to_go_at_its_mean_round_time_less_the_round_in_flight():
+    from dpcore.events import RoundStarted, RunDone
+    from dptui.app.model import eta_text, round_wall_s, run_eta
+
+    # rounds 1 and 2 took 20 s and 40 s (RoundStarted to RoundDone); round 3 started at t=70
+    live = folded(started(), *round_events(1, 10.0, 30.0), *round_events(2, 30.0, 70.0),
+                  RoundStarted("r", t=70.0, round=3, rounds=3, target_sparsity=0.488), progress(80.0, eta_s=5.0))
+    view = build_view("r", None, live, None)
+    assert view.status == "running" and round_wall_s(view) == 30.0
+    assert run_eta(view) == 20.0  # one round to go at 30 s, 10 s of it done
+    assert eta_text(view) == "run: 20.0s left (2/3 rounds, 30.0s/round)"
+    assert runs_listing([view]).rows[0]["eta"] == 20.0
+    live.fold(progress(110.0, eta_s=8.0))  # the round runs long: never below what its stage says is left
+    assert run_eta(build_view("r", None, live, None)) == 8.0
+    live.fold(RunDone("r", t=120.0, status="done", rounds_done=3, wall_s=120.0))
+    done = build_view("r", None, live, None)
+    assert run_eta(done) is None and eta_text(done) == ""
+
+
+def test_a_resumed_run_forgets_the_round_times_of_the_rounds_it_redoes():
+    from dptui.app.model import round_wall_s
+
+    live = folded(started(), *round_events(1, 10.0, 30.0), *round_events(2, 30.0, 70.0), started(100.0, 1))
+    assert live.round_s == {1: 20.0} and round_wall_s(build_view("r", None, live, None)) == 20.0
+
+
+def test_before_its_first_round_ends_a_run_counts_down_its_launchs_estimate(tmp_path):
+    from app_fixtures import launch_entry
+    from dpcore.events import StageStarted
+    from dptui.app.model import eta_text, run_eta
+
+    info = {"experiment": "e", "method": "imp", "seed": 0, "dataset": "d", "model": "m", "rounds": 3,
+            "est_wall_s": 100.0, "places": 2}
+    queued = launch_entry("r", tmp_path, state="queued")
+    queued.info = info
+    view = build_view("r", None, None, queued)
+    assert view.status == "queued" and run_eta(view) == 100.0
+    assert eta_text(view) == "run: 100.0s left (0/3 rounds, its launch's estimate)"
+    running = launch_entry("r", tmp_path)
+    running.info = info
+    live = folded(started(10.0), StageStarted("r", t=11.0, stage="dense", round=0), progress(35.0, 3.0, r=0))
+    assert run_eta(build_view("r", None, live, running)) == 75.0  # 25 s since it started
+    running.info = {k: v for k, v in info.items() if k != "est_wall_s"}  # not estimated (or not launched here)
+    view = build_view("r", None, live, running)
+    assert run_eta(view) is None and eta_text(view) == "run: time left unknown until a round ends"
+
+
+def test_without_its_events_a_run_uses_the_round_times_its_rows_record():
+    from app_fixtures import round_row
+    from dpcore.estimate import mean_round_s
+    from dptui.app.model import round_wall_s, run_eta
+
+    rows = [round_row("distilled", r) for r in (1, 2)]
+    view = build_view("r", {"run_id": "r", "method": "distilled", "seed": 0, "status": "running",
+                            "rounds_planned": 3, "rounds": rows, "dense": {"test_acc": 0.9, "train_s": 10.8}}, None, None)
+    per = sum(r["inner_train_s"] + r["prune_s"] + r["val_train_s"] for r in rows) / 2
+    assert round_wall_s(view) == pytest.approx(per) and run_eta(view) == pytest.approx(per)  # 1 round to go
+    imp = [RoundRow.from_json(round_row("imp", r)) for r in (1, 2)]  # round 2's inner training is round 1's val
+    assert mean_round_s(10.8, imp) == pytest.approx((11.0 + 0.05 + 12.0 + 0.05 + 13.0) / 2)
+
+
+def test_an_experiments_time_left_packs_its_active_runs_onto_its_launchs_places(tmp_path):
+    from app_fixtures import launch_entry
+    from dpcore.estimate import pack
+    from dpcore.events import RoundStarted
+    from dptui.app.model import experiment_left, experiments_left
+
+    assert pack([30.0, 20.0, 10.0], 2) == 30.0 and pack([30.0, 20.0, 10.0], 1) == 60.0 and pack([], 3) == 0.0
+
+    def entry(run_id, state, **info):
+        e = launch_entry(run_id, tmp_path, state=state)
+        e.info = {"experiment": "e", "dataset": "d", "model": "m", "method": "imp", "seed": 0, "rounds": 3,
+                  "places": 2, **info}
+        return e
+
+    live = folded(started(), *round_events(1, 10.0, 30.0), *round_events(2, 30.0, 70.0),
+                  RoundStarted("r", t=70.0, round=3, rounds=3, target_sparsity=0.488), progress(80.0, eta_s=5.0))
+    running = build_view("r", None, live, entry("r", "running"))  # 20 s left
+    estimated = build_view("q", None, None, entry("q", "queued", est_wall_s=100.0))
+    unknown = build_view("u", None, None, entry("u", "queued"))
+    done = build_view("d", {"run_id": "d", "experiment": "e", "status": "done"}, None, None)
+    left = experiment_left([running, estimated, unknown, done])
+    assert (left.wall_s, left.places, left.unknown) == (100.0, 2, 1)  # 100 s and 20 s side by side
+    assert left.text() == "e: 100.0s left (+1 run without an ETA), 2 at once"
+    one_place = [build_view("r", None, live, entry("r", "running", places=1)),
+                 build_view("q", None, None, entry("q", "queued", est_wall_s=100.0, places=1))]
+    assert experiment_left(one_place).wall_s == 120.0  # one after the other
+    cli = build_view("r", None, live, None)  # not launched from the dashboard: as many at once as run now
+    assert experiment_left([cli]).text() == "e: 20.0s left, 1 at once"
+    assert experiment_left([done]) is None and experiments_left([done]) == []
+    assert [x.text() for x in experiments_left([running, unknown])] == ["e: 20.0s left (+1 run without an ETA), 2 at once"]
+    assert experiment_left([unknown]).text() == "e: time left unknown"

@@ -45,7 +45,8 @@ async def test_lists_every_run_with_its_state_and_updates_live(tmp_path):
         assert table(app).keys == ORDER
         await shows(app, pilot, "6 runs · 1 running · 1 failed")
         cells = {k: cells_of(app, k) for k in ORDER}
-        assert cells[DIST1][1:7] == ["demo", "distilled", "1", "running", "2/3", "36.00"]
+        assert cells[DIST1][1:8] == ["demo", "distilled", "1", "running", "2/3", "12.5", "36.00"]  # 12.5: its ETA
+        assert cells[IMP0][6] == "-"  # a finished run has no ETA
         assert cells[IMP1][4] == "failed" and cells[CIFAR][5] == "1/4"
         # A new run appears, a running one finishes: no key pressed.
         write_run(runs, "0" * 16, method="random", seed=1, status="running", rounds=1)

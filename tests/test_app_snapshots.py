@@ -2,9 +2,11 @@
 no cursor blink, profiles from a fixed folder. Update with ``pytest tests/test_app_snapshots.py --snapshot-update``
 after a deliberate UI change (and regenerate ``screenshots/`` with ``scripts/screenshots.py``)."""
 
+import json
+
 import pytest
 
-from app_fixtures import DIST0, DIST1, IMP0, IMP1, demo_store, make_test_app, settled, wait_for
+from app_fixtures import DIST0, DIST1, IMP0, IMP1, RAND0, demo_store, make_test_app, settled, wait_for, write_config
 
 SIZE = (100, 30)
 PROFILE = """
@@ -57,7 +59,9 @@ def until(predicate):
 
 
 def loaded(app):
-    return settled(app, "RunsScreen") and app.screen.query_one("RowTable").keys
+    """Runs shows the store, the running runs' events read (their ETA comes from them)."""
+    return settled(app, "RunsScreen") and app.screen.query_one("RowTable").keys and \
+        all(run_id in app.lives for run_id, view in app.views.items() if view.active)
 
 
 def detail_ready(run_id):
@@ -76,6 +80,10 @@ def test_runs_80x24(store, snap_compare):
     assert snap_compare(app_for(store), terminal_size=(80, 24), run_before=until(loaded))
 
 
+def test_runs_120x40(store, snap_compare):
+    assert snap_compare(app_for(store), terminal_size=(120, 40), run_before=until(loaded))
+
+
 def _detail(run_id):
     async def run_before(pilot):
         await until(loaded)(pilot)
@@ -88,6 +96,12 @@ def test_detail_running(store, snap_compare):
     assert snap_compare(app_for(store), terminal_size=SIZE, run_before=_detail(DIST1))
 
 
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_detail_running_sizes(store, snap_compare, size):
+    """The ETA line, sparklines and log of a running run at the smallest and a roomy terminal."""
+    assert snap_compare(app_for(store), terminal_size=size, run_before=_detail(DIST1))
+
+
 def test_detail_failed(store, snap_compare):
     assert snap_compare(app_for(store), terminal_size=SIZE, run_before=_detail(IMP1))
 
@@ -98,6 +112,29 @@ def test_compare(store, snap_compare):
         pilot.app.open_compare(pilot.app.experiment_of(IMP0))
         await until(lambda a: settled(a, "CompareScreen"))(pilot)
     assert snap_compare(app_for(store), terminal_size=SIZE, run_before=run_before)
+
+
+def _compare_with_baseline(run_id):
+    """Compare of the demo experiment (distilled and imp have two seeds: their min–max bands) with the line of
+    ``run_id``'s method pinned as the baseline."""
+    async def run_before(pilot):
+        await until(loaded)(pilot)
+        pilot.app.open_compare(pilot.app.experiment_of(IMP0))
+        await until(lambda a: settled(a, "CompareScreen"))(pilot)
+        pick = pilot.app.screen.query_one("SelectionList")
+        pick.highlighted = next(i for i in range(pick.option_count) if pick.get_option_at_index(i).value == run_id)
+        await pilot.press("b")
+        await until(lambda a: settled(a, "CompareScreen") and a.screen.baseline is not None
+                    and "vs_baseline" in [c.key for c in a.screen.current_table().columns])(pilot)
+    return run_before
+
+
+def test_compare_baseline_80x24(store, snap_compare):
+    assert snap_compare(app_for(store), terminal_size=(80, 24), run_before=_compare_with_baseline(IMP0))
+
+
+def test_compare_baseline_120x40(store, snap_compare):
+    assert snap_compare(app_for(store), terminal_size=(120, 40), run_before=_compare_with_baseline(IMP0))
 
 
 def test_interpolation(store, snap_compare):
@@ -116,10 +153,45 @@ def test_interpolation_empty(store, snap_compare):
     assert snap_compare(app_for(store), terminal_size=SIZE, run_before=run_before)
 
 
-def test_launch(store, snap_compare):
+def with_past_runs(store):
+    """The demo store's finished runs with their config.toml (the demo profile's): the Launch screen's estimate
+    comes from their recorded times, the same on every machine (a calibration's would not)."""
+    from dpcore.profiles import load_profile
+
+    cfg, _ = load_profile("demo")
+    for run_id, method, peak in ((IMP0, "imp", 310.0), (DIST0, "distilled", 355.0), (RAND0, "random", 300.0)):
+        write_config(store / run_id, cfg, method, 0)
+        results = json.loads((store / run_id / "results.json").read_text())
+        (store / run_id / "results.json").write_text(json.dumps({**results, "peak_memory_mb": peak}))
+    return store
+
+
+def launch_ready(app):
+    screen = app.screen
+    return (settled(app, "LaunchScreen") and screen.form_settled and "valid" in str(
+        screen.query_one("#launch-status").render()) and screen.estimate is not None
+            and screen.estimate[0] == screen.estimate_wanted)
+
+
+def _launch(pilot):
     async def run_before(pilot):
         await until(loaded)(pilot)
         pilot.app.open_launch()
-        await until(lambda a: settled(a, "LaunchScreen") and a.screen.form_settled and "valid" in str(
-            a.screen.query_one("#launch-status").render()))(pilot)
-    assert snap_compare(app_for(store, overrides=["prune.rounds=2"]), terminal_size=SIZE, run_before=run_before)
+        await until(launch_ready)(pilot)
+    return run_before(pilot)
+
+
+def test_launch(store, snap_compare):
+    """The form, its status line and the estimate of what a start would run (from the store's past runs)."""
+    app = app_for(with_past_runs(store), overrides=["prune.rounds=2"])
+    assert snap_compare(app, terminal_size=SIZE, run_before=_launch)
+
+
+def test_launch_80x24(store, snap_compare):
+    app = app_for(with_past_runs(store), overrides=["prune.rounds=2"])
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_launch)
+
+
+def test_launch_120x40(store, snap_compare):
+    app = app_for(with_past_runs(store), overrides=["prune.rounds=2"])
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_launch)

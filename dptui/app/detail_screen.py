@@ -10,7 +10,7 @@ from textual.widgets import Footer, Label, Log, ProgressBar, Sparkline, Static
 
 from dpcore.summary import Table, rounds_table
 
-from .model import RunView, pct, secs
+from .model import RunView, eta_text, experiment_left, pct, secs
 from .dash_screen import KEYS, DashScreen
 from .widgets import STATUS_STYLE, RowTable, TimeBars
 
@@ -38,6 +38,7 @@ class DetailScreen(DashScreen):
             yield Label("", id="stage")
             yield ProgressBar(total=1, show_eta=False, show_percentage=True, id="epoch")
             yield Label("", id="eta")
+        yield Static("", id="run-eta")
         yield Static("", id="error", classes="error")
         yield RowTable(id="rounds")
         with Horizontal(id="charts"):
@@ -77,7 +78,8 @@ class DetailScreen(DashScreen):
             self.set_title(Text(f"Run {self.run_id}: not in the store (yet)", style="bold"))
             return
         tail = app.log_tails.get(self.run_id)
-        key = (len(tail or ()), tail[-1] if tail else None)
+        eta = self._eta_line(view)  # other runs of the experiment change it too
+        key = (len(tail or ()), tail[-1] if tail else None, eta)
         if self._shown is not None and self._shown[0] is view and self._shown[1] == key:
             return
         self._shown = (view, key)
@@ -87,6 +89,9 @@ class DetailScreen(DashScreen):
             f" · round {len(view.rows)}/{view.rounds_planned or '?'} · ", (self.run_id, "dim"),
             f" · {view.dataset}/{view.model} · {view.device or '?'}"))
         self._show_progress(view)
+        run_eta = self.query_one("#run-eta", Static)
+        run_eta.display = bool(eta)
+        run_eta.update(eta)
         error = self.query_one("#error", Static)
         error.display = bool(view.error)
         error.update(Text(f"error: {view.error}", style="bold red") if view.error else "")
@@ -113,6 +118,12 @@ class DetailScreen(DashScreen):
         stage.update(f"{where}{live.stage} · {progress}")
         bar.update(total=max(live.epochs, 1), progress=live.epoch)
         eta.update(f"ETA {secs(live.eta_s)}" if live.eta_s is not None and live.epochs else "")
+
+    def _eta_line(self, view: RunView) -> str:
+        """The run's time left and its experiment's (its active runs, as many at once as their launch runs)."""
+        text = eta_text(view)
+        left = experiment_left([self.dash.views[r] for r in self.dash.experiment_of(self.run_id)]) if text else None
+        return f"{text} · {left.text()}" if left is not None else text
 
     def _show_charts(self, view: RunView) -> None:
         rows = view.rows

@@ -24,10 +24,12 @@ from textual.worker import get_current_worker
 
 from dpcore.config import Config, describe_keys, to_dict
 from dpcore.errors import DPError
-from dpcore.profiles import list_profiles, load_profile, read_toml, save_profile
+from dpcore.estimate import ExperimentEstimate, pack
+from dpcore.profiles import list_profiles, load_profile, parse_override, read_toml, save_profile
 from dptui.launches.launcher import RAY_SLOT
 
 from .dash_screen import KEYS, DashScreen
+from .model import secs
 from .widgets import FormInput, NameModal
 
 SKIP_KEYS = {"model.options", "synthetic.params", "run.device", "run.executor"}  # per profile / the device list
@@ -107,6 +109,74 @@ def field_id(key: str) -> str:
     return "f-" + key.replace(".", "--")
 
 
+PARAMS = "synthetic.params."
+
+
+def method_defaults(method: str, dataset: str, ipc: int) -> dict[str, Any]:
+    """A distiller's parameters as it runs with none given: its own resolution for this dataset and ipc where
+    its defaults depend on them (MTT, GM), else its defaults."""
+    from dpcore.synthetic import get_distiller
+
+    distiller = get_distiller(method)
+    resolve = getattr(distiller, "resolve", None)
+    if resolve is not None:
+        try:
+            return dict(resolve(dataset, ipc, {}))
+        except DPError:
+            pass  # a dataset or ipc it has no row for: its plain defaults
+    return dict(distiller.defaults)
+
+
+def estimate_text(est: ExperimentEstimate, places: int, at_once: int, per_gpu: bool = False) -> Text:
+    """An estimate in two short lines: each run's wall time (runs alike but for the seed together), then the
+    experiment's on ``places`` places, the peak memory (of a run; of ``at_once`` runs on one device) and where
+    the numbers come from."""
+    sources = list(dict.fromkeys(e.source for e in est.runs))
+    peaks = sorted({e.peak_mb for e in est.runs if e.peak_mb}, reverse=True)
+    groups: dict[tuple, list[int]] = {}
+    for e in est.runs:
+        tag = e.source.split(" (")[0] if len(sources) > 1 else ""  # the sources differ: say each run's
+        peak = e.peak_mb if len(peaks) > 1 else None  # they differ: say each run's
+        groups.setdefault((e.label.rsplit(" seed ", 1)[0], secs(e.wall_s), peak, tag), []).append(e.seed)
+    runs = " · ".join(f"{name} {','.join(f's{seed}' for seed in seeds)} {wall}"
+                      + (f" {peak:.0f} MiB" if peak else "") + (f" ({tag})" if tag else "")
+                      for (name, wall, peak, tag), seeds in groups.items())
+    memory = ""
+    if peaks:
+        top = sorted((e.peak_mb for e in est.runs if e.peak_mb), reverse=True)[:max(1, at_once)]
+        memory = f" · peak {'up to ' if len(peaks) > 1 else ''}{peaks[0]:.0f} MiB a run" + (
+            f", {sum(top):.0f} MiB at once{' per GPU' if per_gpu else ''}" if len(top) > 1 else "")
+    wall = pack((e.wall_s for e in est.runs), places)
+    left_out = " · distilling not counted" if est.notes else ""
+    return Text.assemble(("estimate ", "bold"), runs, "\n",
+                         f"experiment {secs(wall)}, {places} at once{memory}{left_out} · from {', '.join(sources)}")
+
+
+def with_params(fields: dict[str, Any], anchor: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` (form order) with its ``synthetic.params.*`` entries replaced by ``params``, after ``anchor``."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if not key.startswith(PARAMS):
+            out[key] = value
+        if key == anchor:
+            out.update(params)
+    return out
+
+
+def swap_text(old: str, new: str, shown: list[str], wanted: list[str], profile: bool) -> str:
+    """What a switch of the synthetic method did to the form's distiller parameters, in one short line."""
+    def names(keys: list[str], whose: str) -> str:
+        return ", ".join(keys) if len(keys) <= 3 else f"{whose} {len(keys)}"
+
+    dropped = [k for k in shown if k not in wanted]
+    added = [k for k in wanted if k not in shown]
+    old_s, new_s = f"{old}'s", f"{new}'s"
+    parts = [f"dropped {names(dropped, old_s)}"] if dropped else []
+    if added:
+        parts.append(f"added {names(added, new_s)} " + ("(the profile's)" if profile else "defaults"))
+    return f"synthetic.method {old} → {new}: " + ("; ".join(parts) or "the same parameters")
+
+
 class LaunchScreen(DashScreen):
     BINDINGS = [
         KEYS,
@@ -133,6 +203,14 @@ class LaunchScreen(DashScreen):
         self.checking = False  # the pre-start check (data, synthetic sources, devices) runs in a worker
         self.check_failed: tuple[tuple, str] | None = None  # (form state it was for, its error line)
         self.cluster_text = ""  # the Ray cluster's nodes and free resources, once read
+        # The estimate of what a start would run: the one wanted (its form state and runs), the latest made
+        # (key, ExperimentEstimate or why there is none), the one being made, the next to make after it.
+        self.estimate_wanted: tuple | None = None
+        self.estimate: tuple[tuple, ExperimentEstimate | str] | None = None
+        self._estimating: tuple | None = None
+        self._estimate_next: tuple | None = None
+        self.params_method: str | None = None  # the distiller whose parameters the form shows
+        self.swap_note: tuple[tuple, str] | None = None  # (form state it is about, what a method swap replaced)
 
     @property
     def form_settled(self) -> bool:
@@ -156,6 +234,7 @@ class LaunchScreen(DashScreen):
                 yield VerticalScroll(id="form")
                 yield Static("", id="field-help")
         yield Static("", id="launch-status")
+        yield Static("", id="launch-estimate")
         yield Footer(compact=True)
 
     async def on_mount(self) -> None:
@@ -202,7 +281,7 @@ class LaunchScreen(DashScreen):
             base, path = load_profile(profile)
         except DPError as err:
             await form.remove_children()
-            self.base, self.profile = None, profile
+            self.base, self.profile, self.params_method, self.swap_note = None, profile, None, None
             self.query_one("#profile-desc", Static).update(Text(str(err), style="red"))
             if overrides is not None:
                 self.apply_overrides(overrides)
@@ -228,6 +307,7 @@ class LaunchScreen(DashScreen):
                                              FormInput(value, id=field_id(key), classes="form-value"),
                                              classes="form-row") for key, value in values.items()])
         self.keys, self.base_values, self.profile = keys, values, profile
+        self.params_method, self.swap_note = base.synthetic.method, None
         if overrides is not None:
             self.apply_overrides(overrides)
         self.validate()
@@ -255,7 +335,10 @@ class LaunchScreen(DashScreen):
         return out
 
     def overrides(self) -> list[str]:
-        return self.field_overrides() + split_overrides(self.query_one("#overrides", Input).value)
+        # Another method's parameters than the profile's: the profile's are dropped first, as the CLI's error says
+        reset = ["synthetic.params={}"] if self.base is not None and self.params_method != self.base.synthetic.method \
+            else []
+        return reset + self.field_overrides() + split_overrides(self.query_one("#overrides", Input).value)
 
     def validate(self) -> Config | None:
         """Check the profile + overrides exactly as ``dptui --profile P --set ...`` does."""
@@ -310,8 +393,10 @@ class LaunchScreen(DashScreen):
         app = self.dash
         self.shown_version = app.data_version  # what a start would skip is read from the views right now
         status = self.query_one("#launch-status", Static)
+        note = self.swap_note[1] if self.swap_note is not None and self.swap_note[0] == self.form_state() else ""
         if self.error:
-            status.update(Text(f"✗ {self.error}", style="bold red"))
+            status.update(Text.assemble((f"{note}\n", "yellow") if note else "", (f"✗ {self.error}", "bold red")))
+            self.want_estimate([], [])
             return
         if self.checking:
             status.update(Text("… checking the data, the synthetic sources and the devices before starting",
@@ -328,7 +413,78 @@ class LaunchScreen(DashScreen):
             where = self.places_text(slots)
         text = (f"✓ valid · {len(todo)} run(s) to start: {self.plan_text or 'none'} · on {where}"
                 + (f" · skipping {', '.join(notes)}" if notes else ""))
-        status.update(Text(text, style="green"))
+        status.update(Text.assemble((f"{note}\n", "yellow") if note else "", (text, "green")))
+        self.want_estimate(todo, slots)
+
+    # -- the estimate of what a start would run --------------------------------------------------
+    def want_estimate(self, todo: list[str], slots: list[str]) -> None:
+        """Show the estimate of ``todo`` on ``slots`` (none when empty), making it in a worker unless made."""
+        if not todo or slots == [RAY_SLOT]:  # a Ray cluster's places and devices are not known here
+            self.estimate_wanted = None
+        else:
+            key = (self.form_state(), tuple(todo))
+            self.estimate_wanted = key
+            made = self.estimate is not None and self.estimate[0] == key
+            if not made and key != self._estimating:
+                self._estimate_next = (key, self.cfg, list(slots), list(todo))  # newer than any still waiting
+                if self._estimating is None:
+                    self._start_estimate()
+        self.show_estimate()
+
+    def _start_estimate(self) -> None:
+        key, cfg, slots, todo = self._estimate_next
+        self._estimate_next, self._estimating = None, key
+        self.make_estimate(key, cfg, slots, todo)
+
+    @work(thread=True, group="launch-estimate", exit_on_error=False, name="estimate the runs")
+    def make_estimate(self, key: tuple, cfg: Config, slots: list[str], todo: list[str]) -> None:
+        """:func:`dpcore.estimate.estimate`, as ``--dry-run`` prints it: from the store's past runs, else a few
+        timed training steps (seconds of work: never on the UI thread)."""
+        from dpcore.estimate import estimate
+        from dpcore.experiment import Experiment
+
+        app = self.dash
+        try:
+            cfg, _ = app.launcher.plan(cfg, slots)  # with the devices' type, as the runs get it
+            result: ExperimentEstimate | str = estimate(
+                Experiment(cfg, app.runs_dir, app.data_root, only=todo, device=cfg.run.device))
+        except DPError as err:
+            result = f"no estimate: {err}"
+        except Exception as err:  # noqa: BLE001 - say why there is none; the form and the start go on
+            result = f"no estimate: {type(err).__name__}: {err}"
+        if not get_current_worker().is_cancelled:
+            app.call_from_thread(self._estimated, key, result)
+
+    def _estimated(self, key: tuple, result: ExperimentEstimate | str) -> None:
+        self._estimating, self.estimate = None, (key, result)
+        if self._estimate_next is not None:
+            self._start_estimate()
+        self.show_estimate()
+
+    def show_estimate(self) -> None:
+        widget = self.query_one("#launch-estimate", Static)
+        key = self.estimate_wanted
+        widget.display = key is not None
+        if key is None:
+            widget.update("")
+        elif self.estimate is None or self.estimate[0] != key:
+            widget.update(Text("estimating… (from the store's past runs, else a few timed training steps)",
+                               style="dim"))
+        elif isinstance(self.estimate[1], str):
+            widget.update(Text(self.estimate[1], style="yellow"))
+        else:
+            slots = self.slots()
+            caps = self.dash.launcher.capacity(self.cfg, slots)
+            places = sum(c.jobs for c in caps.values()) or 1
+            at_once = max((c.jobs for c in caps.values()), default=1)
+            widget.update(estimate_text(self.estimate[1], places, at_once, per_gpu=slots != ["cpu"]))
+
+    def estimates_for(self, state: tuple, todo: list[str]) -> dict[str, float] | None:
+        """Each run's estimated wall time, when the estimate shown is of exactly what starts (the runs keep it
+        for their ETA until a round of theirs ends)."""
+        if self.estimate is None or self.estimate[0] != (state, tuple(todo)) or isinstance(self.estimate[1], str):
+            return None
+        return {e.run_id: e.wall_s for e in self.estimate[1].runs}
 
     def places_text(self, slots: list[str]) -> str:
         """Where the runs go and how many at once (``run.jobs``, as the launch will record it)."""
@@ -388,10 +544,63 @@ class LaunchScreen(DashScreen):
             self._validate_pending = True
             self.call_later(self._validate_now)
 
-    def _validate_now(self) -> None:
-        self._validate_pending = False
+    async def _validate_now(self) -> None:
         if self.form_ready:  # a form being built validates once it is complete
+            await self.swap_params()
+        self._validate_pending = False
+        if self.form_ready:
             self.validate()
+
+    # -- switching the synthetic method ----------------------------------------------------------
+    def form_value(self, key: str, fallback: Any) -> Any:
+        """The value a field's text stands for (``fallback`` when there is no such field or it does not parse)."""
+        found = self.query(f"#{field_id(key)}")
+        if not found:
+            return fallback
+        try:
+            return parse_override(f"{key}={found.first(Input).value.strip()}")[1]
+        except DPError:
+            return fallback
+
+    async def swap_params(self) -> None:
+        """When the synthetic.method field names another distiller than the one whose parameters the form
+        shows, show the new one's instead (its defaults, or the profile's values for the profile's method; a
+        parameter both take keeps its text), so that the form validates; the status line says what changed."""
+        from dpcore.synthetic import DISTILLERS
+
+        new, old = self.form_value("synthetic.method", None), self.params_method
+        if self.base is None or old is None or not isinstance(new, str) or new not in DISTILLERS or new == old:
+            return
+        if new == self.base.synthetic.method:
+            wanted = dict(self.base.synthetic.params)
+        else:
+            ipc = self.form_value("synthetic.ipc", self.base.synthetic.ipc)
+            wanted = method_defaults(new, str(self.form_value("data.dataset", self.base.data.dataset)),
+                                     ipc if isinstance(ipc, int) else self.base.synthetic.ipc)
+        shown = {k[len(PARAMS):]: w.value for k in self.keys if k.startswith(PARAMS)
+                 for w in self.query(f"#{field_id(k)}").results(Input)}
+        for key in shown:
+            await self.query_one(f"#{field_id(PARAMS + key)}").parent.remove()
+        base_text = {k: toml_literal(v) for k, v in wanted.items()}
+        texts = {k: shown.get(k, text) for k, text in base_text.items()}
+        anchor = self.params_anchor()
+        if texts:
+            await self.query_one("#form").mount_all(
+                [Horizontal(Label(PARAMS + k, classes="form-key"), FormInput(text, id=field_id(PARAMS + k),
+                                                                             classes="form-value"),
+                            classes="form-row") for k, text in texts.items()],
+                after=self.query_one(f"#{field_id(anchor)}").parent)
+        self.keys = with_params(self.keys, anchor, {PARAMS + k: (type(v).__name__, v, f"{new} parameter")
+                                                    for k, v in wanted.items()})
+        self.base_values = with_params(self.base_values, anchor, {PARAMS + k: t for k, t in base_text.items()})
+        self.params_method = new
+        self.swap_note = (self.form_state(), swap_text(old, new, list(shown), list(wanted),
+                                                       new == self.base.synthetic.method))
+
+    def params_anchor(self) -> str:
+        """The field the distiller's parameters follow in the form (the setting before ``synthetic.params``)."""
+        keys = [k for k, *_ in describe_keys()]
+        return next(k for k in reversed(keys[:keys.index("synthetic.params")]) if k in self.keys)
 
     async def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         if event.option.id and event.option.id != self.profile:
@@ -469,7 +678,7 @@ class LaunchScreen(DashScreen):
             self.app.notify("the settings changed while they were checked; press ctrl+r again", severity="warning")
             return
         try:
-            launch_dir, ids = app.launcher.launch(self.cfg, slots, only=todo)
+            launch_dir, ids = app.launcher.launch(self.cfg, slots, only=todo, estimates=self.estimates_for(state, todo))
         except (DPError, OSError) as err:
             self.check_failed = (state, f"cannot start: {err}")
             self.show_status()

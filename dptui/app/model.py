@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from dpcore.estimate import mean_round_s, pack
 from dpcore.events import (AnalysisDone, DenseDone, DistillDone, EpochProgress, Event, RoundDone, RoundStarted, RunDone,
                            RunFailed, RunStarted, StageStarted)
 from dpcore.results import DenseResult, ResultsError, RoundRow, RunResults, SyntheticInfo, as_results
@@ -64,17 +65,23 @@ class RunLive:
     started_t: float | None = None
     attempt_t: float | None = None  # when the latest attempt started (its RunStarted)
     events: int = 0
+    # The ETA's clock is the events' own time, so what the dashboard shows follows from the files alone.
+    last_t: float | None = None  # the newest event's time
+    round_t: dict[int, float] = field(default_factory=dict)  # round -> when it started (its RoundStarted)
+    round_s: dict[int, float] = field(default_factory=dict)  # finished round -> its wall time, start to RoundDone
 
     def snapshot(self) -> "RunLive":
         """A copy the UI thread can keep while the follower goes on folding."""
         out = copy.copy(self)
         out.info, out.rows, out.log = dict(self.info), dict(self.rows), deque(self.log, maxlen=LOG_LINES)
+        out.round_t, out.round_s = dict(self.round_t), dict(self.round_s)
         return out
 
     def fold(self, ev: Event) -> None:
         self.events += 1
         if self.started_t is None:
             self.started_t = ev.t
+        self.last_t = ev.t
         line = format_event(ev)
         if line:
             self.log.append(f"[{max(0.0, ev.t - self.started_t):7.1f}s] {line}")
@@ -84,6 +91,8 @@ class RunLive:
                                                      "device", "node")}
             self.status, self.error, self.rounds = "running", None, ev.rounds
             self.rows = {r: row for r, row in self.rows.items() if r <= ev.resumed_after}
+            self.round_s = {r: s for r, s in self.round_s.items() if r <= ev.resumed_after}
+            self.round_t = {}
             self.stage, self.epoch, self.epochs = "", 0, 0
         elif isinstance(ev, StageStarted):
             self.stage, self.round = ev.stage, ev.round
@@ -98,12 +107,15 @@ class RunLive:
             self.synthetic = SyntheticInfo(source=ev.source, images=ev.images, distill_s=ev.distill_s, cached=ev.cached)
         elif isinstance(ev, RoundStarted):
             self.round, self.rounds, self.target_sparsity = ev.round, ev.rounds, ev.target_sparsity
+            self.round_t[ev.round] = ev.t
         elif isinstance(ev, RoundDone):
             try:
                 row = RoundRow.from_json(ev.row)
             except ResultsError:
                 return  # a row without its round and sparsity: nothing to show
             self.rows[int(row.round)] = row
+            if int(row.round) in self.round_t:
+                self.round_s[int(row.round)] = ev.t - self.round_t[int(row.round)]
         elif isinstance(ev, RunDone):
             self.status, self.stage, self.eta_s = ev.status, "", None
         elif isinstance(ev, RunFailed):
@@ -301,11 +313,102 @@ def build_view(run_id: str, results: RunResults | dict | None, live: RunLive | N
     return RunView(run_id, status, error, results, live, entry)
 
 
+# -- how long an active run, and its experiment, have to go (the events' time, never a clock) -------------
+
+def round_wall_s(view: RunView) -> float | None:
+    """The mean wall time of the run's finished rounds: start to end as its events tell, else as its rows
+    record it (training, pruning and validation); None before its first round ends."""
+    live = view.live
+    if live is not None and live.round_s:
+        return sum(live.round_s.values()) / len(live.round_s)
+    dense = view.dense.train_s if view.dense and view.dense.train_s else 0.0
+    return mean_round_s(dense, view.rows) or None
+
+
+def stage_left_s(live: RunLive | None) -> float:
+    """What the current stage's epoch progress says it has left (0 when it says nothing)."""
+    return live.eta_s if live is not None and live.epochs and live.eta_s is not None else 0.0
+
+
+def launch_info(view: RunView, key: str) -> Any:
+    """A field of the run's launch record (None for a run not started from the dashboard)."""
+    return (getattr(view.entry, "info", None) or {}).get(key)
+
+
+def run_eta(view: RunView) -> float | None:
+    """Seconds an active run has left: its rounds to go at its mean round time, less what the round in flight
+    has already taken; before any round ends, the estimate its launch recorded, less the time since it started.
+    Never less than what the current stage itself says it has left. None when nothing tells."""
+    planned, live = view.rounds_planned, view.live
+    if not view.active or not planned:
+        return None
+    per_round = round_wall_s(view)
+    if per_round is None:
+        estimate = launch_info(view, "est_wall_s")
+        if estimate is None:
+            return None
+        started = live is not None and live.attempt_t is not None and live.last_t is not None
+        return max(estimate - (live.last_t - live.attempt_t if started else 0.0), stage_left_s(live))
+    done = len(view.rows)
+    left = max(0, planned - done) * per_round
+    if live is not None and live.round > done and live.round in live.round_t and live.last_t is not None:
+        left -= min(live.last_t - live.round_t[live.round], per_round)  # a slow round is nearly over, not past
+    return max(left, stage_left_s(live))
+
+
+def eta_text(view: RunView) -> str:
+    """An active run's time left and what it is based on, in a few words ("" for a run that is not active)."""
+    if not view.active:
+        return ""
+    eta, per_round = run_eta(view), round_wall_s(view)
+    if eta is None:
+        return "run: time left unknown until a round ends"
+    basis = f"{secs(per_round)}/round" if per_round is not None else "its launch's estimate"
+    return f"run: {secs(eta)} left ({len(view.rows)}/{view.rounds_planned} rounds, {basis})"
+
+
+@dataclass(frozen=True)
+class ExperimentLeft:
+    """What an experiment's active runs have left, run ``places`` at once."""
+
+    name: str
+    wall_s: float  # the runs with an ETA, packed onto the places
+    places: int
+    unknown: int  # active runs without an ETA (not in wall_s)
+
+    def text(self) -> str:
+        if self.unknown and not self.wall_s:  # no active run has an ETA
+            return f"{self.name or '?'}: time left unknown"
+        more = f" (+{self.unknown} run{'s' if self.unknown != 1 else ''} without an ETA)" if self.unknown else ""
+        return f"{self.name or '?'}: {secs(self.wall_s)} left{more}, {self.places} at once"
+
+
+def experiment_left(views: list[RunView]) -> ExperimentLeft | None:
+    """The time left of one experiment's active runs (None when none is active). Runs at once: its launch's
+    places (as many as run now, at least, when a run was not started from the dashboard)."""
+    active = [v for v in views if v.active]
+    if not active:
+        return None
+    etas = [run_eta(v) for v in active]
+    known = [e for e in etas if e is not None]
+    places = max([launch_info(v, "places") or 0 for v in active] + [sum(v.status == "running" for v in active), 1])
+    return ExperimentLeft(active[0].experiment, pack(known, places), places, len(etas) - len(known))
+
+
+def experiments_left(views: list[RunView]) -> list[ExperimentLeft]:
+    """:func:`experiment_left` of each experiment (same name, dataset and model) with active runs."""
+    groups: dict[tuple, list[RunView]] = {}
+    for v in views:
+        if v.active:
+            groups.setdefault((v.experiment, v.dataset, v.model), []).append(v)
+    return [left for vs in groups.values() if (left := experiment_left(vs)) is not None]
+
+
 # -- the Runs listing as a row-model table (so it exports like every other table) ----------------------
 
 RUN_COLUMNS = [
     Column("experiment", "experiment", "text"), Column("method", "method", "text"), Column("seed", "seed", "int"),
-    Column("status", "status", "text"), Column("progress", "round", "text"),
+    Column("status", "status", "text"), Column("progress", "round", "text"), Column("eta", "ETA s", "sec"),
     Column("sparsity", "sparsity%", "pct"), Column("best_val", "best val%", "pct"),
     Column("t2m", "t2m s", "sec"), Column("data", "dataset/model", "text"), Column("device", "device", "text"),
     Column("run_id", "run", "text"),
@@ -319,7 +422,7 @@ def run_row(v: RunView) -> dict[str, Any]:
     planned = v.rounds_planned
     return {
         "experiment": v.experiment, "method": v.group, "seed": v.seed, "status": v.status,
-        "progress": f"{len(rows)}/{planned or '?'}", "sparsity": last.sparsity if last else None,
+        "progress": f"{len(rows)}/{planned or '?'}", "eta": run_eta(v), "sparsity": last.sparsity if last else None,
         "best_val": max(vals) if vals else None, "t2m": last.time_to_mask_s if last else None,
         "data": f"{v.dataset}/{v.model}" if v.dataset or v.model else "", "device": v.device, "run_id": v.run_id,
     }

@@ -10,7 +10,7 @@ from textual.widgets import Footer, Input, Static
 from dpcore.summary import Table
 
 from .dash_screen import KEYS, DashScreen
-from .model import RUN_COLUMNS, RunView, runs_listing
+from .model import RUN_COLUMNS, RunView, experiments_left, runs_listing
 from .widgets import FormInput, RowTable
 
 SORT_KEYS = [None] + [c.key for c in RUN_COLUMNS]
@@ -45,7 +45,7 @@ class RunsScreen(DashScreen):
 
     def compose(self) -> ComposeResult:
         yield self.title_line()
-        yield RowTable(id="runs")
+        yield RowTable(id="runs", method_colors=True)
         yield Static("", id="empty", classes="empty")
         yield FormInput(placeholder="filter: words that must all appear in a row (esc clears)", id="filter")
         yield Footer(compact=True)
@@ -102,6 +102,7 @@ class RunsScreen(DashScreen):
         views = list(app.views.values())
         counts = {s: sum(1 for v in views if v.status == s) for s in ("running", "queued", "failed")}
         parts = [f"{len(views)} runs"] + [f"{n} {s}" for s, n in counts.items() if n]
+        parts += [left.text() for left in experiments_left(self.dash.sorted_views())]
         if self.filter_text:
             parts.append(f"filter '{self.filter_text}': {len(self.shown)} shown")
         if self.marked:

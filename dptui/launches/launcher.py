@@ -95,7 +95,7 @@ class LaunchEntry:
 
     run_id: str
     launch_dir: Path
-    info: dict  # experiment, method, seed, dataset, model, device, rounds (from the plan)
+    info: dict  # experiment, method, seed, dataset, model, device, rounds (from the plan); est_wall_s, places
     state: str  # queued, running, exited, cancelled
     created: float
     slots: list[str]
@@ -198,8 +198,10 @@ class Launcher:
                              self.data_root, device=device)
         return exp.cfg, exp.plans
 
-    def launch(self, cfg: Config, slots: list[str], only: list[str] | None = None) -> tuple[Path, list[str]]:
-        """Write the launch folder and start its detached queue runner; returns (folder, run ids)."""
+    def launch(self, cfg: Config, slots: list[str], only: list[str] | None = None,
+               estimates: dict[str, float] | None = None) -> tuple[Path, list[str]]:
+        """Write the launch folder and start its detached queue runner; returns (folder, run ids).
+        ``estimates``: run id -> its estimated wall time (s), kept for the ETA of a run before its first round ends."""
         from dpcore.profiles import dumps
         from dpcore.store import atomic_write_text
 
@@ -225,7 +227,8 @@ class Launcher:
                  "dataset": cfg.data.dataset, "model": cfg.model.name,
                  "device": f"{cfg.run.device} on ray" if ray else self.device_type(slots),
                  "rounds": cfg.prune.rounds, "argv": self.argv(launch_dir, p.run_id),
-                 "log": "driver.log" if ray else f"{p.run_id}.log"}
+                 "log": "driver.log" if ray else f"{p.run_id}.log",
+                 **({"est_wall_s": estimates[p.run_id]} if estimates and p.run_id in estimates else {})}
                 for p in plans]
         spec = {"version": 1, "created": time.time(), "runs_dir": str(self.runs_dir), "cwd": str(self.cwd),
                 "data_root": self.data_root, "slots": slots, "runs": runs,
@@ -330,12 +333,15 @@ class Launcher:
         finished = "finished_at" in state
         runner_alive = not finished and process_alive(runner_pid, RUNNER)
         cancels = set(os.listdir(d / "cancel")) if (d / "cancel").is_dir() else set()
+        # the launch's places (runs at once over its slots; none on Ray, whose cluster places its runs)
+        places = sum(int(c.get("jobs", 0)) for c in spec.get("capacity", {}).values()) or None
         out = []
         for run in spec.get("runs", []):
             rid = run["run_id"]
             rs = state.get("runs", {}).get(rid, {})
-            entry = LaunchEntry(rid, d, {k: run.get(k) for k in ("experiment", "method", "seed", "dataset",
-                                                                  "model", "device", "rounds")},
+            info = {k: run.get(k) for k in ("experiment", "method", "seed", "dataset", "model", "device", "rounds",
+                                            "est_wall_s")}
+            entry = LaunchEntry(rid, d, {**info, "places": places},
                                 rs.get("state", "queued"), spec.get("created", 0.0), list(spec.get("slots", [])),
                                 pid=rs.get("pid"), rc=rs.get("rc"), slot=rs.get("slot"), place=rs.get("place"),
                                 runner_alive=runner_alive,
