@@ -9,12 +9,18 @@ Two sources, and each estimate says which it used:
 - **a calibration**: a few timed steps of the run's real training (and of its synthetic inner loop), here, with
   its fast path and thread count, extrapolated to its epochs and rounds.
 
-A distillation that is not cached yet is not estimated (its time depends on the distiller's settings): the
-estimate says so. The experiment's time packs the runs onto ``jobs`` places, longest first.
+A synthetic set still to be distilled is estimated apart, per set, from the store's past distillations with the
+same distiller, data, images per class, model and device type (their seconds per iteration times the planned
+iterations), else by distilling twice with a few iterations here (the difference gives the seconds per iteration,
+the rest is the set-up), for the distillers whose cost grows with their iterations (DM, GM); MTT's expert
+training and EL2N's scoring trainings are not estimated (said so). A set is made once, before the runs that use
+it, so its time is added to the experiment's once and to the first run that uses it. The experiment's time
+packs the runs onto ``jobs`` places, longest first.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -26,6 +32,9 @@ if TYPE_CHECKING:
     from .experiment import Experiment
 
 CALIBRATION_STEPS = 12
+CALIBRATION_ITERATIONS = (1, 6)  # two short distillations: the second's extra time is 5 iterations'
+ITERATIVE_DISTILLERS = ("dm", "gm")  # distillers whose time is a set-up plus a cost per iteration
+NOT_COUNTED = "a synthetic set still to be distilled is not in the estimate"
 
 
 @dataclass(frozen=True)
@@ -137,9 +146,58 @@ def _calibrate(exp: Experiment) -> dict[str, float]:
     return per
 
 
+def _past_distillations(cache_dir: Path) -> dict[tuple, list[float]]:
+    """(method, dataset, ipc, model, device type) -> seconds per iteration of the sets distilled in the store."""
+    out: dict[tuple, list[float]] = {}
+    if not cache_dir.is_dir():
+        return out
+    for meta_file in cache_dir.glob("*/meta.json"):
+        try:
+            meta = json.loads(meta_file.read_text())
+            per = float(meta["distill_s"]) / int(meta["iterations_done"])
+            key = (meta["method"], meta["dataset"], int(meta["ipc"]), json.dumps(meta["model"], sort_keys=True),
+                   str(meta.get("device", "cpu")).split(":")[0])
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+            continue  # an unreadable or unfinished set just does not inform the estimate
+        out.setdefault(key, []).append(per)
+    return out
+
+
+def _distill_s(exp: Experiment, past: dict[tuple, list[float]]) -> tuple[float | None, str]:
+    """(seconds, where from) to distil the experiment's synthetic set; None when it is not estimated."""
+    import tempfile
+    from dataclasses import replace
+
+    from .synthetic import get_distiller
+    from .synthetic.cache import _canonical_model, resolve_for
+    from .synthetic.provider import synthetic_set
+    from .training import Stopwatch
+
+    sc, ds = exp.cfg.synthetic, exp.check().dataset
+    iterations = resolve_for(get_distiller(sc.method), ds.name, sc.ipc, dict(sc.params)).get("iterations")
+    model = json.dumps(_canonical_model({"name": exp.cfg.model.name, **exp.cfg.model.options}), sort_keys=True)
+    seen = past.get((sc.method, ds.name, sc.ipc, model, exp.device.type))
+    if seen and iterations:
+        return iterations * sum(seen) / len(seen), f"store ({len(seen)} past set{'s' if len(seen) != 1 else ''})"
+    if sc.method not in ITERATIVE_DISTILLERS or not iterations:
+        return None, f"{sc.method}: not estimated"
+    exp.use_threads()
+    times = []
+    with tempfile.TemporaryDirectory(prefix="dpcore-estimate-") as tmp:
+        for k in CALIBRATION_ITERATIONS:  # each a fresh entry (iterations are in its key), in a throwaway cache
+            watch = Stopwatch(exp.device)
+            synthetic_set(replace(sc, params={**sc.params, "iterations": k}), ds, exp.device, model=exp.cfg.model,
+                          cache_dir=tmp)
+            times.append(watch.elapsed())
+    (k0, k1), (t0, t1) = CALIBRATION_ITERATIONS, times
+    per = max(0.0, (t1 - t0) / (k1 - k0))
+    return max(0.0, t0 - k0 * per) + iterations * per, f"calibration ({k0} and {k1} iterations here)"
+
+
 def estimate(exp: Experiment) -> ExperimentEstimate:
     """Each planned run's wall time (from the store's past runs, else a calibration) and the experiment's."""
     from .engine import finished_results, shared_stages
+    from .synthetic.provider import synthetic_cache_dir
     from .training import steps_per_epoch
 
     cap = exp.capacity()
@@ -150,6 +208,7 @@ def estimate(exp: Experiment) -> ExperimentEstimate:
     n_train = checked.dataset.x_train.shape[0]
     out: list[RunEstimate] = []
     dense_counted: set[str] = set()
+    distills: dict[str, tuple[float | None, str]] = {}  # synthetic stage -> its estimate, counted once
     notes: list[str] = []
     for plan in exp.plans:
         label = f"{plan.label} seed {plan.seed}"
@@ -159,8 +218,17 @@ def estimate(exp: Experiment) -> ExperimentEstimate:
         stages = shared_stages(exp.cfg, plan, checked.dataset, exp.runs_dir)
         dense_stage = next(s for s in stages if s.kind == "dense")
         run_notes = []
-        if any(s.kind == "synthetic" and not s.ready for s in stages):
-            run_notes.append("its synthetic set is not distilled yet: that time is not in the estimate")
+        distill_s = 0.0
+        for stage in (s for s in stages if s.kind == "synthetic" and not s.ready):
+            first_use = stage.key not in distills
+            if first_use:
+                distills[stage.key] = _distill_s(exp, _past_distillations(synthetic_cache_dir(Path(exp.runs_dir))))
+            seconds, where = distills[stage.key]
+            if seconds is None:
+                run_notes.append("its synthetic set is not distilled yet: that time is not in the estimate")
+            elif first_use:
+                distill_s = seconds
+                run_notes.append(f"distilling its synthetic set first: {seconds:.0f} s, from {where}")
         seen = past.get(_signature({**cfg, "run": {**cfg["run"], "device": exp.device.type}}, plan.method))
         rounds = exp.cfg.prune.rounds
         if seen:
@@ -180,10 +248,14 @@ def estimate(exp: Experiment) -> ExperimentEstimate:
             source = f"calibration ({CALIBRATION_STEPS} timed steps here)"
         first = dense_stage.key not in dense_counted and not dense_stage.ready
         dense_counted.add(dense_stage.key)
-        out.append(RunEstimate(plan.run_id, label, plan.seed, (dense_s if first else 0.0) + rounds * per_round,
-                               source, peak, tuple(run_notes)))
-    if any(e.notes for e in out):
-        notes.append("a synthetic set still to be distilled is not in the estimate")
+        out.append(RunEstimate(plan.run_id, label, plan.seed,
+                               (dense_s if first else 0.0) + distill_s + rounds * per_round, source, peak,
+                               tuple(run_notes)))
+    if any(seconds is None for seconds, _ in distills.values()):
+        notes.append(NOT_COUNTED)
+    for seconds, where in distills.values():
+        if seconds is not None:
+            notes.append(f"distilling the synthetic set: {seconds:.0f} s (from {where}), in the first run using it")
     return ExperimentEstimate(out, cap.jobs, pack((e.wall_s for e in out), cap.jobs), notes)
 
 

@@ -108,7 +108,26 @@ def write_past_runs(root: Path, cfg, seed: int = 1) -> list[str]:
         write_config(write_run(root, run_id, method=method, seed=seed, experiment=cfg.experiment.name), cfg,
                      method, seed)
         ids.append(run_id)
+    if "distilled" in cfg.prune.methods:
+        write_past_set(root, cfg)
     return ids
+
+
+def write_past_set(root: Path, cfg, distill_s: float = 20.0) -> None:
+    """A synthetic set of ``cfg``'s source distilled earlier at another seed (its meta.json alone): the estimate
+    then times the set ``cfg`` still needs from it, not from a calibration (whose time differs run to run)."""
+    from dpcore.experiment import Experiment
+    from dpcore.synthetic.cache import _canonical_model, resolve_for
+    from dpcore.synthetic import get_distiller
+
+    sc, ds = cfg.synthetic, Experiment(cfg, root, device="cpu").check().dataset
+    iterations = resolve_for(get_distiller(sc.method), ds.name, sc.ipc, dict(sc.params))["iterations"]
+    meta = {"method": sc.method, "dataset": ds.name, "ipc": sc.ipc, "device": "cpu", "seed": sc.seed + 100,
+            "model": _canonical_model({"name": cfg.model.name, **cfg.model.options}), "distill_s": distill_s,
+            "iterations_done": iterations}
+    folder = Path(root) / "cache" / "synthetic" / "past0000000000000"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meta.json").write_text(json.dumps(meta))
 
 
 def instability_curves(rounds: int = 3) -> list[dict]:

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from app_fixtures import DIST0, DIST1, IMP0, IMP1, RAND0, demo_store, make_test_app, settled, wait_for, write_config
+from app_fixtures import (DIST0, DIST1, IMP0, IMP1, RAND0, demo_store, make_test_app, settled, wait_for, write_config,
+                          write_past_set)
 
 SIZE = (100, 30)
 PROFILE = """
@@ -163,6 +164,7 @@ def with_past_runs(store):
         write_config(store / run_id, cfg, method, 0)
         results = json.loads((store / run_id / "results.json").read_text())
         (store / run_id / "results.json").write_text(json.dumps({**results, "peak_memory_mb": peak}))
+    write_past_set(store, cfg)  # and the synthetic set's time, from a set distilled before
     return store
 
 

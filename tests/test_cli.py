@@ -178,10 +178,13 @@ def test_dry_run_estimates_each_run_from_a_calibration_then_from_the_store_and_r
     assert first.returncode == 0, first.stderr
     assert "Estimate" in first.stdout and first.stdout.count("calibration (12 timed steps here)") == 3
     assert "experiment, 1 at once" in first.stdout and "est. peak MiB" in first.stdout
-    assert "not distilled yet" in first.stdout or "still to be distilled" in first.stdout
-    assert not list(runs.glob("*/results.json"))  # nothing ran
+    text = " ".join(first.stdout.split())  # Rich wraps the notes
+    assert "distilling the synthetic set: " in text and "(from calibration (1 and 6 iterations here))" in text
+    assert not list(runs.glob("*/results.json")) and not list(runs.glob("cache/synthetic/*"))  # nothing ran or stayed
     assert dptui(*base).returncode == 0
     again = dptui(*base, "--dry-run")
     assert again.stdout.count("done (read from the store)") == 3
     other_seed = dptui(*base, "--dry-run", "--set", "run.seeds=[1]")
     assert other_seed.stdout.count("store (1 past run)") == 3  # same model, data, training: the store's times
+    other_set = dptui(*base, "--dry-run", "--set", "synthetic.seed=5")  # a set to distil: as long as the last one
+    assert "(from store (1 past set))" in " ".join(other_set.stdout.split())

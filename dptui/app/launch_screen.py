@@ -24,7 +24,7 @@ from textual.worker import get_current_worker
 
 from dpcore.config import Config, describe_keys, to_dict
 from dpcore.errors import DPError
-from dpcore.estimate import ExperimentEstimate, pack
+from dpcore.estimate import NOT_COUNTED, ExperimentEstimate, pack
 from dpcore.profiles import list_profiles, load_profile, parse_override, read_toml, save_profile
 from dptui.launches.launcher import RAY_SLOT
 
@@ -147,7 +147,7 @@ def estimate_text(est: ExperimentEstimate, places: int, at_once: int, per_gpu: b
         memory = f" · peak {'up to ' if len(peaks) > 1 else ''}{peaks[0]:.0f} MiB a run" + (
             f", {sum(top):.0f} MiB at once{' per GPU' if per_gpu else ''}" if len(top) > 1 else "")
     wall = pack((e.wall_s for e in est.runs), places)
-    left_out = " · distilling not counted" if est.notes else ""
+    left_out = " · distilling not counted" if NOT_COUNTED in est.notes else ""
     return Text.assemble(("estimate ", "bold"), runs, "\n",
                          f"experiment {secs(wall)}, {places} at once{memory}{left_out} · from {', '.join(sources)}")
 
