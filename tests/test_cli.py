@@ -179,7 +179,7 @@ def test_dry_run_estimates_each_run_from_a_calibration_then_from_the_store_and_r
     assert "Estimate" in first.stdout and first.stdout.count("calibration (12 timed steps here)") == 3
     assert "experiment, 1 at once" in first.stdout and "est. peak MiB" in first.stdout
     text = " ".join(first.stdout.split())  # Rich wraps the notes
-    assert "distilling the synthetic set: " in text and "(from calibration (1 and 6 iterations here))" in text
+    assert "distilling the synthetic set: " in text and "(from calibration (2 and 42 iterations here))" in text
     assert not list(runs.glob("*/results.json")) and not list(runs.glob("cache/synthetic/*"))  # nothing ran or stayed
     assert dptui(*base).returncode == 0
     again = dptui(*base, "--dry-run")
