@@ -6,7 +6,7 @@
     python scripts/screenshots.py --ray            # Runs and Launch with a launch on a 2-node local Ray cluster
 
 1. Builds a run store of real runs (unless ``--store`` already has them): the quickstart profile made small
-   (one seed, 4 rounds, 2 epochs, a 100-step DM set; the instability analysis of round 2 where the engine
+   (two seeds, so Compare draws the seeds' band; 4 rounds, 2 epochs, a 100-step DM set; the instability analysis of round 2 where the engine
    has analyses) run in-process by the engine, plus one launch whose data file does not exist (it fails).
 2. Starts one more run detached through the app's launcher, so that Run detail is shown live.
 3. Opens the app in a Pilot session at 120x36 and saves an SVG of each screen with
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "screenshots"
 SIZE = (120, 36)
-SMALL = ["run.seeds=[0]", "run.device=\"cpu\"", "prune.rounds=4", "train.epochs=2",
+SMALL = ["run.seeds=[0, 1]", "run.device=\"cpu\"", "prune.rounds=4", "train.epochs=2",
          "synthetic.params.iterations=100", "synthetic.epochs=100"]
 
 
@@ -40,7 +40,7 @@ def build_store(runs: Path) -> None:
 
     extra = ["analysis.instability_rounds=[2]"] if "analysis" in {f.name for f in fields(Config)} else []
     cfg, _ = load_profile("quickstart", SMALL + extra)
-    print("running the small quickstart in-process (imp, distilled, random; 4 rounds)...", flush=True)
+    print("running the small quickstart in-process (imp, distilled, random; 2 seeds, 4 rounds)...", flush=True)
     run_experiment(cfg, runs, sink=None)
 
 
@@ -60,7 +60,7 @@ def start_side_runs(runs: Path):
     from dptui.app.model import build_view
 
     launcher = Launcher(runs, gpu_count=0)
-    bad, _ = load_profile("quickstart", SMALL + ['prune.methods=["imp"]', 'data.dataset="npz"',
+    bad, _ = load_profile("quickstart", SMALL + ['prune.methods=["imp"]', 'run.seeds=[0]', 'data.dataset="npz"',
                                                  'data.path="missing/data.npz"'])
     scanner = StoreScanner(runs, launcher)
 
@@ -115,6 +115,15 @@ async def shoot(runs: Path, bad_id: str, live_id: str) -> list[str]:
         app.open_compare(sorted(done, key=lambda r: app.views[r].sort_key()))
         await settle()
         save("compare")
+        pick = app.screen.query_one("#pick")
+        pick.focus()
+        pick.highlighted = next(i for i in range(pick.option_count)
+                                if app.views[pick.get_option_at_index(i).value].method == "imp")
+        await pilot.press("b")  # imp's line pinned: every other line as its difference to it
+        await settle(lambda: app.screen.baseline is not None)
+        save("compare-baseline")
+        await pilot.press("b")
+        await settle(lambda: app.screen.baseline is None)
         await pilot.press("t")
         await settle()
         save("compare-speedup")
@@ -127,7 +136,9 @@ async def shoot(runs: Path, bad_id: str, live_id: str) -> list[str]:
         save("interpolation")
         app.pop_screen()
         app.open_launch()
-        await settle(lambda: "valid" in str(app.screen.query_one("#launch-status").render()))
+        await settle(lambda: "valid" in str(app.screen.query_one("#launch-status").render())
+                     and app.screen.estimate is not None and app.screen.estimate[0] == app.screen.estimate_wanted,
+                     timeout=120)
         save("launch")
         app.pop_screen()
         await pilot.press("ctrl+t")
