@@ -6,8 +6,9 @@
     python scripts/screenshots.py --ray            # Runs and Launch with a launch on a 2-node local Ray cluster
 
 1. Builds a run store of real runs (unless ``--store`` already has them): the quickstart profile made small
-   (two seeds, so Compare draws the seeds' band; 4 rounds, 2 epochs, a 100-step DM set; the instability analysis of round 2 where the engine
-   has analyses) run in-process by the engine, plus one launch whose data file does not exist (it fails).
+   (two seeds, so Compare draws the seeds' band; 4 rounds, 2 epochs, a 100-step DM set; the instability
+   analysis of round 2 where the engine has analyses) run in-process by the engine, plus one launch whose
+   data file does not exist (it fails).
 2. Starts one more run detached through the app's launcher, so that Run detail is shown live.
 3. Opens the app in a Pilot session at 120x36 and saves an SVG of each screen with
    ``App.save_screenshot`` (Textual's screenshot export), then cancels the live run.
