@@ -57,6 +57,7 @@ class ExperimentEstimate:
     jobs: int
     wall_s: float  # the runs packed onto ``jobs`` places
     notes: list[str] = field(default_factory=list)
+    distills: list[tuple[float, str]] = field(default_factory=list)  # (s, where from) of each set to distil, counted
 
 
 def _signature(cfg: dict, method: str) -> tuple:
@@ -260,7 +261,8 @@ def estimate(exp: Experiment) -> ExperimentEstimate:
     for seconds, where in distills.values():
         if seconds is not None:
             notes.append(f"distilling the synthetic set: {seconds:.0f} s (from {where}), in the first run using it")
-    return ExperimentEstimate(out, cap.jobs, pack((e.wall_s for e in out), cap.jobs), notes)
+    counted = [(seconds, where) for seconds, where in distills.values() if seconds is not None]
+    return ExperimentEstimate(out, cap.jobs, pack((e.wall_s for e in out), cap.jobs), notes, counted)
 
 
 def estimate_table(est: ExperimentEstimate):

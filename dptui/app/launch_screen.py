@@ -148,8 +148,9 @@ def estimate_text(est: ExperimentEstimate, places: int, at_once: int, per_gpu: b
             f", {sum(top):.0f} MiB at once{' per GPU' if per_gpu else ''}" if len(top) > 1 else "")
     wall = pack((e.wall_s for e in est.runs), places)
     left_out = " · distilling not counted" if NOT_COUNTED in est.notes else ""
-    return Text.assemble(("estimate ", "bold"), runs, "\n",
-                         f"experiment {secs(wall)}, {places} at once{memory}{left_out} · from {', '.join(sources)}")
+    distilling = "".join(f" · incl. distilling {secs(s)} ({where})" for s, where in est.distills)
+    return Text.assemble(("estimate ", "bold"), runs, "\n", f"experiment {secs(wall)}, {places} at once{memory}"
+                                                            f"{distilling}{left_out} · from {', '.join(sources)}")
 
 
 def with_params(fields: dict[str, Any], anchor: str, params: dict[str, Any]) -> dict[str, Any]:
