@@ -173,13 +173,13 @@ def _distill_s(exp: Experiment, past: dict[tuple, list[float]]) -> tuple[float |
     from dataclasses import replace
 
     from .synthetic import get_distiller
-    from .synthetic.cache import _canonical_model, resolve_for
+    from .synthetic.cache import canonical_model, resolve_for
     from .synthetic.provider import synthetic_set
     from .training import Stopwatch
 
     sc, ds = exp.cfg.synthetic, exp.check().dataset
     iterations = resolve_for(get_distiller(sc.method), ds.name, sc.ipc, dict(sc.params)).get("iterations")
-    model = json.dumps(_canonical_model({"name": exp.cfg.model.name, **exp.cfg.model.options}), sort_keys=True)
+    model = json.dumps(canonical_model({"name": exp.cfg.model.name, **exp.cfg.model.options}), sort_keys=True)
     seen = past.get((sc.method, ds.name, sc.ipc, model, exp.device.type))
     if seen and iterations:
         return iterations * sum(seen) / len(seen), f"store ({len(seen)} past set{'s' if len(seen) != 1 else ''})"
@@ -214,7 +214,7 @@ def estimate(exp: Experiment) -> ExperimentEstimate:
     out: list[RunEstimate] = []
     dense_counted: set[str] = set()
     distills: dict[str, tuple[float | None, str]] = {}  # synthetic stage -> its estimate, counted once
-    notes: list[str] = []
+    past_sets: dict[tuple, list[float]] | None = None  # the store's past distillations, read when first needed
     for plan in exp.plans:
         label = f"{plan.label} seed {plan.seed}"
         if finished_results(exp.cfg, plan, checked.dataset, exp.runs_dir) is not None:
@@ -227,7 +227,9 @@ def estimate(exp: Experiment) -> ExperimentEstimate:
         for stage in (s for s in stages if s.kind == "synthetic" and not s.ready):
             first_use = stage.key not in distills
             if first_use:
-                distills[stage.key] = _distill_s(exp, _past_distillations(synthetic_cache_dir(Path(exp.runs_dir))))
+                if past_sets is None:
+                    past_sets = _past_distillations(synthetic_cache_dir(Path(exp.runs_dir)))
+                distills[stage.key] = _distill_s(exp, past_sets)
             seconds, where = distills[stage.key]
             if seconds is None:
                 run_notes.append("its synthetic set is not distilled yet: that time is not in the estimate")
@@ -256,12 +258,10 @@ def estimate(exp: Experiment) -> ExperimentEstimate:
         out.append(RunEstimate(plan.run_id, label, plan.seed,
                                (dense_s if first else 0.0) + distill_s + rounds * per_round, source, peak,
                                tuple(run_notes)))
-    if any(seconds is None for seconds, _ in distills.values()):
-        notes.append(NOT_COUNTED)
-    for seconds, where in distills.values():
-        if seconds is not None:
-            notes.append(f"distilling the synthetic set: {seconds:.0f} s (from {where}), in the first run using it")
     counted = [(seconds, where) for seconds, where in distills.values() if seconds is not None]
+    notes = [NOT_COUNTED] if len(counted) < len(distills) else []
+    notes += [f"distilling the synthetic set: {seconds:.0f} s (from {where}), in the first run using it"
+              for seconds, where in counted]
     return ExperimentEstimate(out, cap.jobs, pack((e.wall_s for e in out), cap.jobs), notes, counted)
 
 

@@ -124,12 +124,13 @@ class Waiting(Event):
 
 @dataclass(frozen=True)
 class CompileFallback(Event):
-    """A training that was to run compiled (or as CUDA graphs) fell back to eager, compiling or capturing having
-    failed: its timings are eager ones. ``error`` says which and why."""
+    """A training that was to run compiled (``path = "compile"``) or as CUDA graphs (``"cuda_graphs"``) fell back
+    to eager, compiling or capturing having failed: its timings are eager ones. ``error`` says why."""
 
     kind: ClassVar[str] = "compile_fallback"
     round: int
     error: str
+    path: str = "compile"  # the round row's flag that says so: "compile" -> compiled, "cuda_graphs"
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in

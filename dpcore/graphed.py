@@ -132,21 +132,13 @@ class GraphedLoop:
             xb = apply(xb, op, self.aug_gen) if apply is not None else self.augment(xb, self.aug_gen)
         xb, yb = self.as_input(xb), self.y.index_select(0, idx)
         self.opt.zero_grad(set_to_none=True)
-        with self.autocast():
+        with self.fast.autocast(self.device, cache=not self.graphs):
             loss = self.loss_fn(self.model, xb, yb)
         loss.backward()
         self.opt.step()
         if self.apply_mask:
             self.apply_mask()
         self.last_loss.copy_(loss.detach())
-
-    def autocast(self):
-        dtype = self.fast.amp_dtype
-        if dtype is None:
-            import contextlib
-            return contextlib.nullcontext()
-        # no cast cache: a cached cast of a weight would be a tensor the recording outlives
-        return torch.autocast(device_type=self.device.type, dtype=dtype, cache_enabled=not self.graphs)
 
     def run(self, size: int, op: str | None, setup: _Setup) -> None:
         """Step once: eagerly (no graphs, a key's first step, or after a failed capture), else by replay."""
@@ -195,7 +187,7 @@ def train_graphed(model: nn.Module, x: Tensor, y: Tensor, *, schedule: "Schedule
     """:func:`dpcore.training.train` for a fixed-shape loop, each step one CUDA graph replay (``graphs=False``:
     the same steps eagerly). ``compiled``: the step's forward and backward run through ``torch.compile`` (its
     kernels are then what the graph records)."""
-    from .training import (Stopped, Stopwatch, TrainOutcome, _loss, compiled_step, derive_seed, device_generator,
+    from .training import (Stopped, Stopwatch, TrainOutcome, _Compiled, _loss, compiled_step, derive_seed, device_generator,
                            use_cuda_fast_math, use_memory_format)
 
     device = next(model.parameters()).device
@@ -225,7 +217,7 @@ def train_graphed(model: nn.Module, x: Tensor, y: Tensor, *, schedule: "Schedule
             on_epoch(epoch + 1, schedule.epochs, loop.last_loss.clone())  # the next step overwrites last_loss
     total = watch.elapsed()
     compile_s = setup.split(total, len(steps))
-    compile_error = loss_fn.error if hasattr(loss_fn, "error") else None
+    compile_error = loss_fn.error if isinstance(loss_fn, _Compiled) else None
     return TrainOutcome(train_s=total - compile_s, steps=start_step + len(steps), compile_s=compile_s,
                         compiled=compiled and compile_error is None, fallback=compile_error,
                         graphed=(loop.error is None) if graphs else None, graph_fallback=loop.error)

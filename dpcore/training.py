@@ -162,11 +162,13 @@ class FastPath:
     def amp_dtype(self) -> torch.dtype | None:
         return _AMP_DTYPES.get(self.precision)
 
-    def autocast(self, device: torch.device):
+    def autocast(self, device: torch.device, cache: bool = True):
+        """Autocast to the precision's dtype (none for fp32). ``cache=False`` for a step recorded as a CUDA graph:
+        a cached cast of a weight would be a tensor the recording outlives."""
         dtype = self.amp_dtype
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=dtype)
+        return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
     def compiles(self, model: nn.Module, device: torch.device, sample_steps: int) -> bool:
         """Whether a training of ``sample_steps`` (steps x batch) on ``device`` compiles its step."""

@@ -88,7 +88,7 @@ class LiveDisplay:
             val = f"val {100 * r['val_acc']:.2f}%" if r["val_acc"] is not None else "not validated"
             log(f"  round {r['round']:>2}: sparsity {100 * r['sparsity']:.1f}%, inner {r['inner_train_s']:.1f}s, "
                 f"{val}, time-to-mask {r['time_to_mask_s']:.1f}s")
-        elif isinstance(ev, CompileFallback) and ev.error.startswith("CUDA graph"):
+        elif isinstance(ev, CompileFallback) and ev.path == "cuda_graphs":
             log(f"  [yellow]warning:[/] round {ev.round}: {escape(ev.error)}; the rows say cuda_graphs = false and "
                 "their times are eager ones")
         elif isinstance(ev, CompileFallback):

@@ -117,13 +117,13 @@ def write_past_set(root: Path, cfg, distill_s: float = 20.0) -> None:
     """A synthetic set of ``cfg``'s source distilled earlier at another seed (its meta.json alone): the estimate
     then times the set ``cfg`` still needs from it, not from a calibration (whose time differs run to run)."""
     from dpcore.experiment import Experiment
-    from dpcore.synthetic.cache import _canonical_model, resolve_for
+    from dpcore.synthetic.cache import canonical_model, resolve_for
     from dpcore.synthetic import get_distiller
 
     sc, ds = cfg.synthetic, Experiment(cfg, root, device="cpu").check().dataset
     iterations = resolve_for(get_distiller(sc.method), ds.name, sc.ipc, dict(sc.params))["iterations"]
     meta = {"method": sc.method, "dataset": ds.name, "ipc": sc.ipc, "device": "cpu", "seed": sc.seed + 100,
-            "model": _canonical_model({"name": cfg.model.name, **cfg.model.options}), "distill_s": distill_s,
+            "model": canonical_model({"name": cfg.model.name, **cfg.model.options}), "distill_s": distill_s,
             "iterations_done": iterations}
     folder = Path(root) / "cache" / "synthetic" / "past0000000000000"
     folder.mkdir(parents=True, exist_ok=True)

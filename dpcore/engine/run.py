@@ -301,7 +301,8 @@ class Run:
             graphed = [t.graphed for t in trainings if t.graphed is not None]
             if graphed:  # whether its synthetic steps replayed as CUDA graphs (False: a failed capture, eager times)
                 row["cuda_graphs"] = all(graphed)
-            self.report_fallbacks(r, [e for t in trainings for e in (t.fallback, t.graph_fallback) if e])
+            self.report_fallbacks(r, [(path, e) for t in trainings
+                                      for path, e in (("compile", t.fallback), ("cuda_graphs", t.graph_fallback)) if e])
             self.dir.save_round(r, mask_to_cpu(mask), row)
             self.results["rounds"].append(row)
             self.results["updated_at"] = time.time()
@@ -309,12 +310,13 @@ class Run:
             self.event(RoundDone, row=row)
         self.analysis_stage().analyze(self.results, model, init, dense, cfg.analysis)
 
-    def report_fallbacks(self, r: int, errors: list[str]) -> None:
-        """One CompileFallback event per run (and per new error), the first round it happened in."""
-        for error in errors:
+    def report_fallbacks(self, r: int, errors: list[tuple[str, str]]) -> None:
+        """One CompileFallback event per run (and per new error), the first round it happened in; each error with
+        the fast path that failed ("compile" or "cuda_graphs")."""
+        for path, error in errors:
             if error not in self.fallbacks:
                 self.fallbacks.add(error)
-                self.event(CompileFallback, round=r, error=error)
+                self.event(CompileFallback, round=r, error=error, path=path)
 
     @staticmethod
     def round_row(r: int, mask: Mask, inner: Inner | None, prune_s: float, val_acc, val_s, compile_s: float,

@@ -36,7 +36,7 @@ CACHE_VERSION = 2
 _STALE_TMP_S = 24 * 3600
 
 
-def _canonical_model(model: dict[str, Any]) -> dict[str, Any]:
+def canonical_model(model: dict[str, Any]) -> dict[str, Any]:
     """``{"name": ..., "options": {...}}`` with the model's default options filled in.
 
     Accepts either that form or a flat ``{"name": ..., <option>: ...}`` dict.
@@ -107,7 +107,7 @@ def synthetic_key(
         "whitened": bool(whitened),
         "method": method,
         "ipc": int(ipc),
-        "model": _canonical_model(model),
+        "model": canonical_model(model),
         "seed": int(seed),
         "params": _canonical_params(method, params, dataset_name, int(ipc)),
     }
@@ -143,7 +143,7 @@ def entry_key(dataset, *, method: str, ipc: int, model: dict[str, Any], seed: in
     from dpcore.synthetic import get_distiller
 
     merged = resolve_for(get_distiller(method), dataset.name, ipc, params)
-    return synthetic_key(dataset.name, method, ipc, _canonical_model(model), seed, merged, dataset.whitened,
+    return synthetic_key(dataset.name, method, ipc, canonical_model(model), seed, merged, dataset.whitened,
                          getattr(dataset, "train_per_class", 0))
 
 
@@ -167,7 +167,7 @@ def get_or_distill(
 
     distiller = get_distiller(method)
     merged = resolve_for(distiller, dataset.name, ipc, params)
-    canon_model = _canonical_model(model)
+    canon_model = canonical_model(model)
     key = entry_key(dataset, method=method, ipc=ipc, model=model, seed=seed, params=params)
     cache_dir = Path(cache_dir)
     entry = cache_dir / key
